@@ -1,0 +1,3 @@
+from lrctl.cli import main
+
+raise SystemExit(main())

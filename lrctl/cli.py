@@ -1,0 +1,256 @@
+"""Command line entry point: ``lrctl`` and ``python -m lrctl``; the only place exit codes are decided.
+
+::
+
+    $ lrctl                                   # the interactive lesson run 'default' in ./runs
+    $ lrctl --run demo --config configs/lesson.toml
+    $ lrctl --run demo --plan "30@0.03;30@exp 0.05 gamma=0.95"   # no prompts
+    $ lrctl resume demo                       # finish interrupted work, then prompt
+    $ lrctl runs                              # a table of runs and their state
+    $ lrctl schedule "cos 0.03 min=1e-4" --epochs 30
+
+Exit codes: 0 done, 1 error (message on stderr), 2 bad usage, 130 a --plan interrupted by Ctrl-C
+(saved; ``lrctl resume`` finishes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+from lrctl import __version__
+from lrctl import config as config_mod
+from lrctl._numbers import parse_int
+from lrctl.runstore import RunError, RunStore
+from lrctl.schedules import ScheduleError
+from lrctl.schedules import parse as parse_schedule
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_CONFIG = Path("configs/lesson.toml")
+DEFAULT_RUNS_DIR = Path("runs")
+COMMANDS = ("train", "resume", "runs", "schedule")
+
+
+def parse_plan(text: str) -> list[tuple[int, str]]:
+    """``"30@0.03;30@exp 0.05 gamma=0.95"`` -> [(30, '0.03'), (30, 'exp 0.05 gamma=0.95')]."""
+    chunks = []
+    for i, part in enumerate(p for p in text.split(";") if p.strip()):
+        epochs_text, at, expression = part.partition("@")
+        if not at:
+            raise ValueError(f"plan chunk {i + 1} {part.strip()!r}: expected EPOCHS@LR, e.g. 30@0.03")
+        try:
+            epochs = parse_int(epochs_text, "epochs")
+            if epochs < 1:
+                raise ValueError("epochs must be at least 1")
+            spec = parse_schedule(expression)
+        except (ValueError, ScheduleError) as e:
+            raise ValueError(f"plan chunk {i + 1} {part.strip()!r}: {e}") from None
+        chunks.append((epochs, spec.text))
+    if not chunks:
+        raise ValueError("the plan is empty; e.g. --plan \"30@0.03;30@0.01\"")
+    return chunks
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help="where runs live (default ./runs)")
+    p.add_argument("--save-every", type=float, default=None, metavar="SECONDS",
+                   help="checkpoint at an epoch end when this many seconds have passed (default 5; 0 = every epoch)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrctl", description="Tune a PyTorch learning rate by hand, chunk by chunk.")
+    parser.add_argument("--version", action="version", version=f"lrctl {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    train = sub.add_parser("train", help="train interactively (the default command)")
+    train.add_argument("--run", default="default", help="run name: letters, digits, -_. (default 'default')")
+    train.add_argument("--config", type=Path, default=None,
+                       help=f"TOML config for a new run (default {DEFAULT_CONFIG}, else the built-in lesson)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.batch_size=25 (repeatable)")
+    train.add_argument("--plan", default=None, help='train these chunks without prompting: "30@0.03;30@0.01"')
+    train.add_argument("--force-config", action="store_true",
+                       help="continue a run with a config that differs from the one it was created with")
+    _common(train)
+    resume = sub.add_parser("resume", help="finish a run's interrupted work, then prompt as usual")
+    resume.add_argument("run", help="run name")
+    _common(resume)
+    runs = sub.add_parser("runs", help="list runs with their state")
+    runs.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    schedule = sub.add_parser("schedule", help="print the lr of every epoch of a schedule expression")
+    schedule.add_argument("expression", help='e.g. "exp 0.05 gamma=0.95"')
+    schedule.add_argument("--epochs", type=int, required=True)
+    schedule.add_argument("--batches-per-epoch", type=int, default=14)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        argv.insert(0, "train")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "runs":
+            return cmd_runs(args)
+        if args.command == "schedule":
+            return cmd_schedule(args)
+        return cmd_train(args)
+    except (RunError, config_mod.ConfigError) as e:
+        print(f"lrctl: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    try:
+        spec = parse_schedule(args.expression)
+        if spec.name == "keep":
+            raise ScheduleError("keep continues a run's schedule; give a schedule to print")
+        if args.epochs < 1 or args.batches_per_epoch < 1:
+            raise ScheduleError("--epochs and --batches-per-epoch must be at least 1")
+    except ScheduleError as e:
+        print(f"lrctl: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    from lrctl.lr_runner import preview
+
+    for epoch, lr in enumerate(preview(spec, args.epochs, args.batches_per_epoch)):
+        print(f"{epoch} {lr:.10g}")
+    return EXIT_OK
+
+
+def _resolve_config(args: argparse.Namespace, store: RunStore) -> tuple[config_mod.RunConfig | None, str]:
+    """The config the user asked for, or None to use the run's frozen one."""
+    explicit = getattr(args, "config", None) is not None or getattr(args, "set", [])
+    if store.exists and not explicit:
+        return None, ""
+    path = getattr(args, "config", None)
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    cfg, origin = config_mod.load(path)
+    if getattr(args, "set", []):
+        cfg = config_mod.with_overrides(cfg, args.set)
+        origin += " with --set " + " ".join(args.set)
+    return cfg, origin
+
+
+class _Loader:
+    """Runs ``session.load()`` (torch import, model, checkpoint) in the background while the user answers."""
+
+    def __init__(self, session) -> None:
+        self.session, self.error = session, None
+        self.thread = threading.Thread(target=self._run, name="lrctl-load", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.session.load()
+        except BaseException as e:  # re-raised in the main thread by wait()
+            self.error = e
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lrctl.session import DEFAULT_SAVE_EVERY, RunSession
+    from lrctl.view import View
+
+    run_name = args.run
+    store = RunStore(args.runs_dir, run_name)  # validates the name before any file is touched
+    plan = None
+    if getattr(args, "plan", None) is not None:
+        try:
+            plan = parse_plan(args.plan)
+        except ValueError as e:
+            print(f"lrctl: --plan: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    resuming = args.command == "resume"
+    if resuming and not store.exists:
+        raise RunError(f"no run '{run_name}' in {args.runs_dir}; start it with: lrctl --run {run_name}")
+    cfg, origin = _resolve_config(args, store)
+    save_every = DEFAULT_SAVE_EVERY if args.save_every is None else args.save_every
+    if save_every < 0:
+        print("lrctl: --save-every must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    if cfg is None:
+        from lrctl.session import _read_frozen_config
+
+        cfg, _ = _read_frozen_config(store)
+    view = View()
+    session = RunSession.open(args.runs_dir, run_name, cfg, force_config=getattr(args, "force_config", False),
+                              save_every=save_every, observer=view, config_origin=origin)
+    view.on_closed = session.request_stop
+    logdir = str(args.runs_dir / run_name)
+    view.banner(run_name, session.is_new, session.store.summary(), session.cfg.describe(), logdir)
+    for problem in session.store.check_checkpoints()[1]:
+        view.warn(problem)
+    loader = _Loader(session)
+    code, reason = EXIT_OK, "quit"
+    try:
+        if plan is not None:
+            code, reason = _run_plan(session, plan, loader, view)
+        else:
+            code, reason = _run_repl(session, loader, view, finish=resuming)
+    except KeyboardInterrupt:
+        reason = "interrupt"
+        code = EXIT_INTERRUPTED if plan is not None else EXIT_OK
+    finally:
+        loader.thread.join()
+        if session.trainer is not None:
+            session.close(reason)
+        else:
+            session.store.close()
+    if loader.error is not None:
+        raise loader.error
+    step = session.global_step
+    where = "" if args.runs_dir == DEFAULT_RUNS_DIR else f" --runs-dir {args.runs_dir}"
+    view.say(f"saved run '{run_name}' at epoch {step} · resume with: lrctl --run {run_name}{where}")
+    return code
+
+
+def _run_plan(session, plan, loader: _Loader, view) -> tuple[int, str]:
+    from lrctl.repl import chunk_interrupts
+
+    loader.wait()
+    for warning in session.load_warnings:
+        view.warn(warning)
+    pending = session.pending
+    if pending is not None:
+        view.warn(f"replacing the run's interrupted work ({pending.describe(session.global_step)}) with --plan")
+    if parse_schedule(plan[0][1]).name == "keep" and session.trainer.runner is None:
+        raise RunError("--plan starts with keep, but the run has no schedule to keep")
+    with chunk_interrupts(session, view):
+        outcome = session.run_plan(plan)
+    if outcome.status in ("stopped", "abandoned"):
+        view.say(f"interrupted; the rest of the plan is saved: lrctl resume {session.store.name}")
+        return EXIT_INTERRUPTED, "interrupt"
+    if outcome.status == "diverged":
+        return EXIT_ERROR, "diverged"
+    return EXIT_OK, "plan done"
+
+
+def _run_repl(session, loader: _Loader, view, finish: bool) -> tuple[int, str]:
+    from lrctl.repl import PlainAsker, Repl, TerminalAsker
+
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    repl = Repl(session, view, None, loader.wait)  # type: ignore[arg-type]
+    if interactive:
+        repl.asker = TerminalAsker(session.store.dir / ".history", repl.toolbar)
+    else:
+        repl.asker = PlainAsker(sys.stdin, sys.stdout)
+    reason = repl.run(finish_pending=finish)
+    loader.wait()
+    return EXIT_OK, reason
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from lrctl.runs_table import list_runs, render
+
+    rows = list_runs(args.runs_dir)
+    if not rows:
+        print(f"no runs in {args.runs_dir}")
+        return EXIT_OK
+    render(rows)
+    return EXIT_OK

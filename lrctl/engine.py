@@ -1,0 +1,218 @@
+"""The training engine: one persistent model and optimizer, trained chunk by chunk with ``fit_rec``.
+
+The engine never prompts or prints. It reports through callbacks (``on_epoch_end``,
+``on_batch_end``) and asks ``should_stop`` at every epoch end. The batch loop slices in-memory
+tensors and never forces a device-to-host sync: metrics are computed on the device after the
+epoch and read once, with one ``tolist()``.
+
+>>> from lrctl.config import RunConfig
+>>> trainer = Trainer(RunConfig())                 # doctest: +SKIP
+>>> trainer.start_schedule(parse("0.03"), epochs=30)  # doctest: +SKIP
+>>> records = trainer.fit_rec(30)                  # doctest: +SKIP
+>>> records[-1].step, records[-1].lr               # doctest: +SKIP
+(29, 0.03)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrctl import data as data_mod
+from lrctl.config import RunConfig
+from lrctl.lr_runner import ScheduleRunner
+from lrctl.models import build_model
+from lrctl.schedules import ScheduleSpec
+
+# Below this many parameters one thread beats several: the per-op threading overhead dominates.
+SMALL_MODEL_PARAMS = 200_000
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """What one epoch produced. ``step`` is the global epoch index (the TensorBoard step)."""
+
+    step: int
+    lr: float
+    train: float
+    test: float
+    seconds: float = 0.0
+    batch_lrs: tuple[float, ...] | None = None
+
+    def history_entry(self) -> dict[str, float | int]:
+        """The deterministic part, as saved in checkpoints (no wall-clock time)."""
+        return {"step": self.step, "lr": self.lr, "train": self.train, "test": self.test}
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or inf during ``record``'s epoch."""
+
+    def __init__(self, record: EpochRecord, loss: float) -> None:
+        super().__init__(f"loss became {loss} in epoch {record.step} at lr {record.lr:g}")
+        self.record, self.loss = record, loss
+
+
+def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (pred.argmax(dim=1) == y).float().mean()
+
+
+def _loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return {"mse": nn.functional.mse_loss, "cross-entropy": nn.functional.cross_entropy,
+            "l1": nn.functional.l1_loss, "huber": nn.functional.huber_loss}[name]
+
+
+def _metric_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return {"mse": nn.functional.mse_loss, "mae": nn.functional.l1_loss, "accuracy": _accuracy}[name]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_optimizer(cfg: RunConfig, params: Any, lr: float = 0.01) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay)
+    if t.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[t.optimizer]
+    return cls(params, lr=lr, weight_decay=t.weight_decay)
+
+
+class Trainer:
+    """Persistent model + optimizer + schedule over one config's data.
+
+    Args:
+        cfg: the run's config (data, model, optimizer, batching, device, threads).
+        device: overrides ``cfg.train.device``.
+    """
+
+    def __init__(self, cfg: RunConfig, device: str | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(device or cfg.train.device)
+        split = data_mod.build_split(cfg)
+        self.model = build_model(cfg, split.in_features).to(self.device)
+        self.split = split.to(self.device)
+        self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        threads = cfg.train.threads or (1 if self.n_params < SMALL_MODEL_PARAMS else torch.get_num_threads())
+        torch.set_num_threads(threads)
+        self.optimizer = build_optimizer(cfg, self.model.parameters())
+        self.loss_fn = _loss_fn(cfg.loss)
+        self.metric_fn = _metric_fn(cfg.metric)
+        self.metric_mode = "max" if cfg.metric == "accuracy" else "min"
+        self.batch_size = cfg.train.batch_size
+        self.batches_per_epoch = data_mod.batches_per_epoch(len(self.split.x_train), self.batch_size)
+        self.global_step = 0
+        self.runner: ScheduleRunner | None = None
+        self.history: list[dict[str, float | int]] = []
+
+    # -- schedules ---------------------------------------------------------------------------
+    def start_schedule(self, spec: ScheduleSpec, epochs: int) -> None:
+        """Begin ``spec`` with its clock at 0 now (``keep`` leaves the current schedule running)."""
+        if spec.name == "keep":
+            if self.runner is None:  # nothing to continue: hold the current lr
+                self.runner = None
+            return
+        self.runner = ScheduleRunner(spec, self.optimizer, self.global_step, epochs, self.batches_per_epoch,
+                                     self.metric_mode)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # -- training ----------------------------------------------------------------------------
+    def _run_batches(self, on_batch_end: Callable[[int, int], None] | None) -> list[float] | None:
+        """One epoch of optimizer steps. No host syncs in here (tests enforce it)."""
+        model, optimizer, loss_fn, runner = self.model, self.optimizer, self.loss_fn, self.runner
+        x, y = self.split.x_train, self.split.y_train
+        order = data_mod.epoch_order(len(x), self.cfg.train.shuffle_seed, self.global_step, self.device)
+        xs, ys = x[order], y[order]  # one gather per epoch, then contiguous slices
+        bs, nb = self.batch_size, self.batches_per_epoch
+        batch_lrs = [] if runner is not None and runner.per_batch else None
+        model.train()
+        for b in range(nb):
+            if batch_lrs is not None:
+                batch_lrs.append(optimizer.param_groups[0]["lr"])
+            loss = loss_fn(model(xs[b * bs:(b + 1) * bs]), ys[b * bs:(b + 1) * bs])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if runner is not None:
+                runner.after_batch()
+            if on_batch_end is not None:
+                on_batch_end(b + 1, nb)
+        return batch_lrs
+
+    def evaluate(self) -> tuple[float, float, float]:
+        """(train metric, test metric, train loss) on the whole sets, in eval mode, read with one sync."""
+        s = self.split
+        self.model.eval()
+        with torch.inference_mode():
+            pred_train, pred_test = self.model(s.x_train), self.model(s.x_test)
+            values = torch.stack([self.metric_fn(pred_train, s.y_train), self.metric_fn(pred_test, s.y_test),
+                                  self.loss_fn(pred_train, s.y_train)]).tolist()
+        self.model.train()
+        return values[0], values[1], values[2]
+
+    def fit_rec(self, epochs: int, *, on_epoch_end: Callable[[EpochRecord], None] | None = None,
+                on_batch_end: Callable[[int, int], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> list[EpochRecord]:
+        """Train ``epochs`` epochs, recording train/test metric after each.
+
+        Stops early (after a completed epoch) when ``should_stop()`` is true. Raises
+        :class:`Diverged` when the loss is no longer finite; that epoch is not recorded.
+        """
+        records = []
+        for _ in range(epochs):
+            started = time.perf_counter()
+            lr = self.lr
+            batch_lrs = self._run_batches(on_batch_end)
+            train, test, loss = self.evaluate()
+            record = EpochRecord(self.global_step, lr, train, test, time.perf_counter() - started,
+                                 tuple(batch_lrs) if batch_lrs is not None else None)
+            if not (math.isfinite(loss) and math.isfinite(train) and math.isfinite(test)):
+                raise Diverged(record, loss)
+            if self.runner is not None:
+                self.runner.after_epoch(test)
+            self.global_step += 1
+            self.history.append(record.history_entry())
+            records.append(record)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if should_stop is not None and should_stop():
+                break
+        return records
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-for-bit (plain tensors and containers only)."""
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.runner.state_dict() if self.runner is not None else None,
+                "global_step": self.global_step, "rng": rng, "history": list(self.history), "lr": self.lr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        # Rebuilding the scheduler touches the optimizer's lr, so the optimizer's own state goes last.
+        self.runner = (ScheduleRunner.from_state(state["schedule"], self.optimizer)
+                       if state.get("schedule") else None)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.global_step = int(state["global_step"])
+        self.history = list(state.get("history", []))
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def record_dict(record: EpochRecord) -> dict[str, Any]:
+    return asdict(record)

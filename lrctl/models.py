@@ -1,0 +1,59 @@
+"""Model definitions: the lesson's MLP with batch norm before or after the activation.
+
+>>> from lrctl.config import RunConfig
+>>> model = build_model(RunConfig(), in_features=5)   # doctest: +SKIP
+>>> sum(p.numel() for p in model.parameters())        # doctest: +SKIP
+65
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lrctl.config import RunConfig
+
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid,
+               "gelu": nn.functional.gelu, "identity": lambda x: x}
+
+
+class MLP(nn.Module):
+    """linear1 -> [BN] act [BN] -> linear2 ... -> linearN, named as in the lesson (linear1, normalize1, ...).
+
+    ``batch_norm='pre'`` normalises each hidden layer's pre-activation (tanh(BN(linear x))); ``'post'``
+    normalises after the activation, on the next layer's input; ``'none'`` builds no BN modules.
+    """
+
+    def __init__(self, sizes: list[int], activation: str = "tanh", batch_norm: str = "pre",
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.batch_norm = batch_norm
+        self.act = ACTIVATIONS[activation]
+        self.n_hidden = len(sizes) - 2
+        # Registration order matters: each Linear draws its initial weights from the global RNG.
+        for i in range(self.n_hidden):
+            self.add_module(f"linear{i + 1}", nn.Linear(sizes[i], sizes[i + 1]))
+            if batch_norm != "none":
+                self.add_module(f"normalize{i + 1}", nn.BatchNorm1d(sizes[i + 1]))
+        self.add_module(f"linear{self.n_hidden + 1}", nn.Linear(sizes[-2], sizes[-1]))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, self.n_hidden + 1):
+            x = getattr(self, f"linear{i}")(x)
+            if self.batch_norm == "pre":
+                x = getattr(self, f"normalize{i}")(x)
+            x = self.act(x)
+            if self.batch_norm == "post":
+                x = getattr(self, f"normalize{i}")(x)
+            if self.dropout is not None:
+                x = self.dropout(x)
+        return getattr(self, f"linear{self.n_hidden + 1}")(x)
+
+
+def build_model(cfg: RunConfig, in_features: int) -> nn.Module:
+    """Seed the global RNG with ``model.seed`` and build the configured model (the lesson does the same)."""
+    m = cfg.model
+    out = cfg.data.classes if cfg.task == "classification" else 1
+    torch.manual_seed(m.seed)
+    return MLP([in_features, *m.hidden, out], m.activation, m.batch_norm, m.dropout)

@@ -1,0 +1,233 @@
+"""The interactive loop: ask, parse (``lrctl.commands``), dispatch to the session, show (``lrctl.view``).
+
+::
+
+    Continue training? [y/n] y
+    Epochs: 30
+    Learning rate: 0.03
+    ...
+    Continue training? [y/n] n
+
+On a terminal each question is a prompt_toolkit prompt with its own history (up-arrow), tab
+completion of schedules at ``Learning rate:`` and a bottom toolbar; from a pipe the same
+questions are read line by line with plain output. End of input is ``n``. Ctrl-C at a prompt
+saves and exits; during a chunk it stops after the epoch, and a second one abandons the epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from lrctl import commands
+from lrctl.commands import Question
+from lrctl.session import ChunkOutcome, RunSession
+from lrctl.view import View, fmt_lr, fmt_metric
+
+
+class Asker(Protocol):
+    def ask(self, question: Question, text: str, placeholder: str | None = None) -> str:
+        """Return the typed line; raise EOFError at end of input, KeyboardInterrupt on Ctrl-C."""
+        ...
+
+
+class PlainAsker:
+    """Reads answers line by line (a pipe, a file); echoes them so the output reads as a transcript."""
+
+    def __init__(self, stdin: TextIO, out: TextIO) -> None:
+        self.stdin, self.out = stdin, out
+
+    def ask(self, question: Question, text: str, placeholder: str | None = None) -> str:
+        self._write(text)
+        line = self.stdin.readline()
+        if not line:
+            self._write("\n")
+            raise EOFError
+        line = line.rstrip("\r\n")
+        self._write(line + "\n")
+        return line
+
+    def _write(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # a closed stdout must not stop the answers
+            self.out.write(text)
+            self.out.flush()
+
+
+class TerminalAsker:
+    """prompt_toolkit prompts: one history file per question in the run directory, completion, toolbar.
+
+    ``input``/``output`` let tests drive it with ``create_pipe_input()`` and ``DummyOutput()``.
+    """
+
+    def __init__(self, history_dir: Path, toolbar: Callable[[], str], input: Any = None, output: Any = None) -> None:
+        self.history_dir, self.toolbar = history_dir, toolbar
+        self.input, self.output = input, output
+        self._sessions: dict[Question, Any] = {}
+
+    def _session(self, question: Question) -> Any:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.completion import Completer, Completion
+        from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+        if question not in self._sessions:
+            class ScheduleCompleter(Completer):
+                def get_completions(self, document, complete_event):
+                    word = document.get_word_before_cursor(WORD=True)
+                    for option in commands.completions(document.text_before_cursor):
+                        yield Completion(option, start_position=-len(word))
+
+            try:
+                self.history_dir.mkdir(parents=True, exist_ok=True)
+                history: Any = FileHistory(str(self.history_dir / question.name.lower()))
+            except OSError:
+                history = InMemoryHistory()
+            self._sessions[question] = PromptSession(
+                history=history, bottom_toolbar=self.toolbar, input=self.input, output=self.output,
+                completer=ScheduleCompleter() if question is Question.LR else None, complete_while_typing=False)
+        return self._sessions[question]
+
+    def ask(self, question: Question, text: str, placeholder: str | None = None) -> str:
+        from prompt_toolkit.formatted_text import FormattedText
+
+        hint = FormattedText([("fg:ansibrightblack", placeholder)]) if placeholder else None
+        return self._session(question).prompt(text, placeholder=hint)
+
+
+@contextlib.contextmanager
+def chunk_interrupts(session: RunSession, view: View) -> Iterator[None]:
+    """During a chunk: first Ctrl-C (or SIGTERM) stops after the epoch; the second abandons it at once."""
+    presses = 0
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            session.request_stop()
+            view.warn("stopping after this epoch (everything kept) · Ctrl-C again abandons the epoch")
+            return
+        if session.in_critical:  # never tear a checkpoint write; abandon right after it
+            session.abort_after_critical = True
+            return
+        raise KeyboardInterrupt
+
+    old_int = signal.signal(signal.SIGINT, handler)
+    old_term = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+class _Quit(Exception):
+    pass
+
+
+class Repl:
+    """The question loop over one open session.
+
+    Args:
+        session: the open run (possibly still loading).
+        view: where results go.
+        asker: how questions are asked.
+        ready: blocks until the session has loaded (torch, model, checkpoint).
+    """
+
+    def __init__(self, session: RunSession, view: View, asker: Asker, ready: Callable[[], None]) -> None:
+        self.session, self.view, self.asker, self.ready = session, view, asker, ready
+        self.last_epochs: int | None = None
+        self.last_expression: str | None = None
+
+    def toolbar(self) -> str:
+        s = self.session.summary()
+        metric = self.session.metric
+        last = s.get("last") or {}
+        return (f" {self.session.store.name} · epoch {s.get('global_step', 0)} · train_{metric} "
+                f"{fmt_metric(last.get('train'))} · test_{metric} {fmt_metric(last.get('test'))} · "
+                f"lr {fmt_lr(s.get('lr'))} · help: ? ")
+
+    def run(self, finish_pending: bool = False) -> str:
+        """Ask until the user is done. Returns why it ended: quit, eof, interrupt or closed."""
+        try:
+            self._offer_pending(finish_pending)
+            while not self.view.closed:
+                if not self._ask(Question.CONTINUE):
+                    return "quit"
+                epochs = self._ask(Question.EPOCHS, previous=self.last_epochs)
+                expression = self._ask_expression(epochs)
+                self.last_epochs, self.last_expression = epochs, expression
+                self._train(lambda e=epochs, x=expression: self.session.train(e, x))
+            return "closed"
+        except _Quit:
+            return "quit"
+        except EOFError:
+            return "eof"
+        except KeyboardInterrupt:
+            self.view.say("")
+            return "interrupt"
+
+    def _offer_pending(self, finish: bool) -> None:
+        pending = self.session.pending
+        if pending is None:
+            return
+        detail = pending.describe(self.session.global_step)
+        if not finish:
+            finish = self._ask(Question.FINISH, text=Question.FINISH.value.format(detail=detail))
+        if finish:
+            self.view.say(f"finishing the interrupted work ({detail})")
+            self._train(self.session.finish_pending)
+        else:
+            self.session.drop_pending("declined at the prompt")
+
+    def _train(self, command: Callable[[], ChunkOutcome]) -> ChunkOutcome:
+        self._wait()
+        with chunk_interrupts(self.session, self.view):
+            return command()
+
+    def _wait(self) -> None:
+        if self.session.trainer is None:
+            self.view.say("(loading PyTorch and the model…)")
+        self.ready()
+        for warning in self.session.load_warnings:
+            self.view.warn(warning)
+        self.session.load_warnings.clear()
+
+    def _ask_expression(self, epochs: int) -> str:
+        while True:
+            expression = self._ask(Question.LR, previous=self.last_expression)
+            self._wait()
+            try:
+                self.session.check_expression(commands.parse_schedule(expression), epochs)
+                return expression
+            except ValueError as e:
+                self.view.warn(str(e))
+
+    def _ask(self, question: Question, previous: Any = None, text: str | None = None) -> Any:
+        placeholder = str(previous) if previous is not None else None
+        while True:
+            typed = self.asker.ask(question, text or question.value, placeholder)
+            self.session.store.journal("answer", question=question.name.lower(), text=typed)
+            command = commands.parse(question, typed, previous)
+            if isinstance(command, commands.Answer):
+                return command.value
+            if isinstance(command, commands.Quit):
+                raise _Quit
+            if isinstance(command, commands.Invalid):
+                self.view.warn(command.message)
+            elif isinstance(command, commands.Help):
+                self.view.say(command.text)
+            elif isinstance(command, commands.Status):
+                self.view.say(self.toolbar().strip())
+            elif isinstance(command, commands.Preview):
+                self._preview(command)
+
+    def _preview(self, command: commands.Preview) -> None:
+        self._wait()
+        from lrctl.lr_runner import preview
+
+        spec = commands.parse_schedule(command.expression)
+        self.view.say(f"preview of '{spec.text}' over {command.epochs} epochs (lr of each epoch's first batch):")
+        self.view.lr_table(preview(spec, command.epochs, self.session.trainer.batches_per_epoch))

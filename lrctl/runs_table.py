@@ -1,0 +1,83 @@
+"""``lrctl runs``: every run in a runs directory with where it stands, read without torch."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from lrctl.runstore import CONFIG_FILE, LOCK_FILE, RunError, RunStore
+
+
+@dataclass
+class RunRow:
+    name: str
+    step: int | None
+    metric: str
+    train: float | None
+    test: float | None
+    lr: float | None
+    modified: str
+    state: str
+
+
+def _state(store: RunStore) -> str:
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(store.dir / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+        lock.release()
+    except Timeout:
+        return f"locked by {store._holder()}"
+    except OSError:
+        pass
+    chosen, problems = store.check_checkpoints()
+    if chosen is None and problems:
+        return "corrupt: " + "; ".join(problems)
+    pending = store.read_pending()
+    step = int(store.summary().get("global_step", 0))
+    if pending is not None and pending.remaining(step) > 0:
+        return f"interrupted ({pending.describe(step)})"
+    if problems:
+        return "ok (latest checkpoint damaged; previous one used)"
+    return "ok"
+
+
+def list_runs(runs_dir: Path) -> list[RunRow]:
+    rows = []
+    if not Path(runs_dir).is_dir():
+        return rows
+    for path in sorted(Path(runs_dir).iterdir()):
+        if not (path / CONFIG_FILE).exists():
+            continue
+        try:
+            store = RunStore(runs_dir, path.name)
+        except RunError:
+            continue
+        summary = store.summary()
+        last = summary.get("last") or {}
+        modified = max((p.stat().st_mtime for p in path.iterdir()), default=path.stat().st_mtime)
+        rows.append(RunRow(path.name, summary.get("global_step"), summary.get("metric", "mse"), last.get("train"),
+                           last.get("test"), summary.get("lr"),
+                           dt.datetime.fromtimestamp(modified).strftime("%Y-%m-%d %H:%M"), _state(store)))
+    return rows
+
+
+def render(rows: list[RunRow]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lrctl.view import fmt_lr, fmt_metric
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("run", "epoch", "train", "test", "lr", "modified", "state"):
+        table.add_column(column, justify="right" if column in ("epoch", "train", "test", "lr") else "left")
+    for r in rows:
+        table.add_row(r.name, "-" if r.step is None else str(r.step), f"{fmt_metric(r.train)} {r.metric}",
+                      fmt_metric(r.test), fmt_lr(r.lr), r.modified, r.state)
+    import sys
+
+    # A pipe has no width: don't let rich fold rows at 80 columns where scripts read them.
+    width = None if sys.stdout.isatty() else 250
+    Console(highlight=False, width=width).print(table)

@@ -1,0 +1,339 @@
+"""The run directory: names, the one-writer lock, atomic checkpoints with checksums, journal, pending work.
+
+Layout of ``<runs-dir>/<run>/``::
+
+    config.toml            the config the run was created with (frozen)
+    checkpoint.pt          latest state; torch.load(path, weights_only=True)
+    checkpoint.prev.pt     the previous good state, kept until a newer one is complete
+    checkpoint.json        sha256 of the good checkpoint files + a summary readable without torch
+    pending.json           the command in progress ("train until global epoch E with schedule S")
+    journal.jsonl          one JSON line per event: the human-readable story of the run
+    lock, lock.json        held while a process trains or prompts; lock.json names the holder
+    events.out.tfevents.*  TensorBoard scalars
+
+Nothing here imports torch at module level: the prompt appears before torch has loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import re
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lrctl import __version__
+
+CONFIG_FILE = "config.toml"
+CHECKPOINT_FILE = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"
+CHECKPOINT_META_FILE = "checkpoint.json"
+PENDING_FILE = "pending.json"
+JOURNAL_FILE = "journal.jsonl"
+LOCK_FILE = "lock"
+LOCK_INFO_FILE = "lock.json"
+HISTORY_DIR = ".history"
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
+
+
+class RunError(Exception):
+    """A run cannot be opened, saved or loaded; the message says why and what to do."""
+
+
+class RunLocked(RunError):
+    """Another live process holds the run."""
+
+
+def check_run_name(name: str) -> str:
+    """Letters, digits and ``-_.`` only, not ``.``/``..``: a run name can never leave the runs directory."""
+    if not name or not _RUN_NAME.fullmatch(name) or name in {".", ".."} or len(name) > 100:
+        raise RunError(f"invalid run name {name!r}: use letters, digits, '-', '_' and '.' (e.g. demo-1)")
+    return name
+
+
+def now_iso() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file beside ``path``, fsync, rename over it, fsync the directory.
+
+    A failure (disk full, permissions) removes the temp file and leaves ``path`` as it was.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+@dataclass
+class Pending:
+    """Work that was asked for and not finished: chunks, each absolute ("from global epoch start, N epochs").
+
+    ``source`` is 'repl' or 'plan'. The first chunk may be partly done; ``remaining(step)`` says how much.
+    """
+
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    source: str = "repl"
+
+    def remaining(self, step: int) -> int:
+        return sum(max(0, c["start"] + c["epochs"] - max(step, c["start"])) for c in self.chunks)
+
+    def describe(self, step: int) -> str:
+        left = self.remaining(step)
+        n = len([c for c in self.chunks if c["start"] + c["epochs"] > step])
+        return f"{left} epochs left" + (f" in {n} chunks" if n > 1 else "")
+
+
+@dataclass
+class LoadedCheckpoint:
+    state: dict[str, Any]
+    path: Path
+    warnings: list[str]
+
+
+class RunStore:
+    """Files of one run. Create with :meth:`open`; call :meth:`close` (or use ``with``) to release the lock."""
+
+    def __init__(self, runs_dir: Path, name: str) -> None:
+        self.name = check_run_name(name)
+        self.runs_dir = Path(runs_dir)
+        self.dir = self.runs_dir / self.name
+        self._lock = None
+        self._journal: io.TextIOWrapper | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def exists(self) -> bool:
+        return (self.dir / CONFIG_FILE).exists()
+
+    def acquire(self) -> str | None:
+        """Take the run's lock or raise RunLocked naming the holder.
+
+        Returns a note when the lock of a holder that died was taken over."""
+        from filelock import FileLock, Timeout
+
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunError(f"cannot create run directory {self.dir}: {e.strerror or e}") from None
+        lock = FileLock(str(self.dir / LOCK_FILE), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunLocked(f"run '{self.name}' is in use by {self._holder()}; "
+                            "wait for it to finish or stop that process") from None
+        except OSError as e:
+            raise RunError(f"cannot lock run directory {self.dir}: {e.strerror or e}") from None
+        self._lock = lock
+        note = None
+        info_path = self.dir / LOCK_INFO_FILE
+        if info_path.exists():  # the kernel released a dead holder's lock; its info file stayed
+            note = f"took over the run from {self._holder()}, which ended without closing it"
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()}
+        with contextlib.suppress(OSError):
+            atomic_write(info_path, json.dumps(info).encode())
+        return note
+
+    def _holder(self) -> str:
+        try:
+            info = json.loads((self.dir / LOCK_INFO_FILE).read_text())
+            return f"pid {info['pid']} on {info['host']} since {info['since']}"
+        except (OSError, ValueError, KeyError):
+            return "another process"
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                (self.dir / LOCK_INFO_FILE).unlink()
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- config ----------------------------------------------------------------------------------
+    def read_config_text(self) -> str:
+        return (self.dir / CONFIG_FILE).read_text(encoding="utf-8")
+
+    def write_config(self, text: str) -> None:
+        atomic_write(self.dir / CONFIG_FILE, text.encode("utf-8"))
+
+    # -- journal -----------------------------------------------------------------------------------
+    def journal(self, event: str, durable: bool = False, **fields: Any) -> None:
+        """Append one JSON line, flushed (and fsynced when ``durable``: commands before they run)."""
+        if self._journal is None:
+            self._journal = open(self.dir / JOURNAL_FILE, "a", encoding="utf-8")
+        self._journal.write(json.dumps({"t": now_iso(), "event": event, **fields}) + "\n")
+        self._journal.flush()
+        if durable:
+            os.fsync(self._journal.fileno())
+
+    def read_journal(self) -> list[dict[str, Any]]:
+        path = self.dir / JOURNAL_FILE
+        events = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError):
+                    events.append(json.loads(line))
+        return events
+
+    # -- pending work ----------------------------------------------------------------------------
+    def read_pending(self) -> Pending | None:
+        try:
+            raw = json.loads((self.dir / PENDING_FILE).read_text())
+            return Pending(chunks=raw["chunks"], source=raw.get("source", "repl"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # an unreadable pending file means nothing is pending; the journal still tells
+
+    def write_pending(self, pending: Pending | None) -> None:
+        path = self.dir / PENDING_FILE
+        if pending is None or not pending.chunks:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return
+        atomic_write(path, json.dumps(asdict(pending)).encode())
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def read_meta(self) -> dict[str, Any]:
+        try:
+            meta = json.loads((self.dir / CHECKPOINT_META_FILE).read_text())
+            return meta if isinstance(meta, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def save_checkpoint(self, state: dict[str, Any], summary: dict[str, Any]) -> None:
+        """Atomically make ``state`` the latest checkpoint; the current one becomes ``checkpoint.prev.pt``.
+
+        The checksum file is written first, listing the new file's sha256 *and* the current
+        one's, so every moment of a crash leaves a loadable, verifiable checkpoint behind.
+        """
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save({**state, "lrctl_version": __version__}, buffer)
+        data = buffer.getvalue()
+        sha = hashlib.sha256(data).hexdigest()
+        latest, previous = self.dir / CHECKPOINT_FILE, self.dir / PREVIOUS_CHECKPOINT_FILE
+        meta = self.read_meta()
+        good = {sha}
+        if latest.exists() and meta.get("sha256", {}).get(CHECKPOINT_FILE):
+            good.add(meta["sha256"][CHECKPOINT_FILE])
+        tmp = latest.with_name(f".{CHECKPOINT_FILE}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            new_meta = {"sha256": {CHECKPOINT_FILE: sha,
+                                   PREVIOUS_CHECKPOINT_FILE: meta.get("sha256", {}).get(CHECKPOINT_FILE)},
+                        "good": sorted(good), "summary": summary,
+                        "previous_summary": meta.get("summary")}
+            atomic_write(self.dir / CHECKPOINT_META_FILE, json.dumps(new_meta).encode())
+            if latest.exists():
+                os.replace(latest, previous)
+            os.replace(tmp, latest)
+            fsync_dir(self.dir)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise RunError(f"could not save checkpoint in {self.dir}: {e.strerror or e}; "
+                           "the previous checkpoint is intact") from None
+
+    def _verified(self, path: Path, good: set[str]) -> tuple[bytes | None, str | None]:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None, None
+        except OSError as e:
+            return None, f"{path.name} cannot be read ({e.strerror})"
+        if good and hashlib.sha256(data).hexdigest() not in good:
+            return None, f"{path.name} is corrupt or truncated (checksum mismatch)"
+        return data, None
+
+    def has_checkpoint(self) -> bool:
+        return any((self.dir / n).exists() for n in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE))
+
+    def check_checkpoints(self) -> tuple[str | None, list[str]]:
+        """Without torch: which file would load ('checkpoint.pt'/'checkpoint.prev.pt'/None) and why not the other."""
+        good = set(self.read_meta().get("good", []))
+        problems = []
+        for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+            data, problem = self._verified(self.dir / name, good)
+            if data is not None:
+                return name, problems
+            if problem:
+                problems.append(problem)
+        return None, problems
+
+    def load_checkpoint(self) -> LoadedCheckpoint:
+        """Load the latest good checkpoint with ``weights_only=True``, falling back to the previous one.
+
+        Raises RunError when none is good; no file is deleted either way.
+        """
+        import pickle
+
+        import torch
+
+        good = set(self.read_meta().get("good", []))
+        warnings: list[str] = []
+        for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+            path = self.dir / name
+            data, problem = self._verified(path, good)
+            if data is None:
+                if problem:
+                    warnings.append(problem)
+                continue
+            try:
+                state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+                warnings.append(f"{name} holds something other than plain tensors and was refused "
+                                f"(weights_only load: {first[:160]})")
+                continue
+            except Exception as e:  # torch raises RuntimeError/EOFError/zip errors on damaged files
+                warnings.append(f"{name} cannot be loaded ({type(e).__name__}: {str(e)[:120]})")
+                continue
+            if not isinstance(state, dict) or "model" not in state or "global_step" not in state:
+                warnings.append(f"{name} is not an lrctl checkpoint")
+                continue
+            if warnings:
+                warnings.append(f"falling back to {name} (epoch {state['global_step']})")
+            return LoadedCheckpoint(state, path, warnings)
+        raise RunError(f"run '{self.name}' has no loadable checkpoint: " + "; ".join(warnings)
+                       + f". Nothing was deleted; inspect {self.dir}")
+
+    def summary(self) -> dict[str, Any]:
+        """What the latest checkpoint says (global step, last record, lr), read without torch."""
+        return self.read_meta().get("summary") or {}

@@ -1,0 +1,355 @@
+"""A run being trained: the engine, its run directory and its TensorBoard log, kept consistent.
+
+:class:`RunSession` is what the REPL, ``--plan`` and ``resume`` drive. Every command is made
+absolute ("from global epoch 60, 30 epochs of ``exp 0.05``") and recorded durably (journal +
+``pending.json``, fsynced) before its first epoch runs; a checkpoint is written at an epoch end
+whenever ``save_every`` seconds have passed, at every chunk end and on close, always after the
+TensorBoard events it covers are on disk. A run reopened after any interruption purges the
+TensorBoard steps after its checkpoint and recomputes them to the same bits.
+
+It never prints or prompts: it reports through an :class:`Observer`.
+
+Opening is split in two so the prompt can appear at once: :meth:`RunSession.open` (no torch:
+lock, config check, journal) and :meth:`RunSession.load` (torch, model, checkpoint, TensorBoard),
+which the CLI runs in a background thread while the first question waits for an answer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lrctl import config as config_mod
+from lrctl.runstore import Pending, RunError, RunStore
+from lrctl.schedules import ScheduleSpec, parse
+
+if TYPE_CHECKING:
+    from lrctl.engine import EpochRecord, Trainer
+    from lrctl.tblog import MetricLogger
+
+DEFAULT_SAVE_EVERY = 5.0
+BATCH_LOGDIR = "batch"
+
+
+class Observer:
+    """What a session reports. Subclass and override what you show; every method is optional."""
+
+    def message(self, text: str) -> None: ...
+    def chunk_started(self, start: int, epochs: int, spec_text: str, batches_per_epoch: int) -> None: ...
+    def batch_done(self, batch: int, batches: int) -> None: ...
+    def epoch_done(self, record: EpochRecord, metric: str) -> None: ...
+    def chunk_ended(self, outcome: ChunkOutcome) -> None: ...
+
+    wants_batches: bool = False
+
+
+@dataclass
+class ChunkOutcome:
+    """How a command ended. status: done | stopped (kept, pending remains) | abandoned | diverged."""
+
+    status: str
+    step: int
+    dropped: int = 0
+    lr: float | None = None
+    detail: str = ""
+
+
+class RunSession:
+    """One open run. Use :meth:`open`, then :meth:`load`, then commands, then :meth:`close`."""
+
+    def __init__(self, store: RunStore, cfg: config_mod.RunConfig, is_new: bool,
+                 save_every: float = DEFAULT_SAVE_EVERY, observer: Observer | None = None) -> None:
+        self.store, self.cfg, self.is_new, self.save_every = store, cfg, is_new, save_every
+        self.observer = observer or Observer()
+        self.trainer: Trainer | None = None
+        self.logger: MetricLogger | None = None
+        self._batch_logger: MetricLogger | None = None
+        self._opened_step = 0
+        self.saved_step: int | None = None
+        self._last_save = time.monotonic()
+        self._stop = False
+        self.in_critical = False
+        self.abort_after_critical = False
+        self.load_warnings: list[str] = []
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, runs_dir: Path, name: str, cfg: config_mod.RunConfig, *, force_config: bool = False,
+             save_every: float = DEFAULT_SAVE_EVERY, observer: Observer | None = None,
+             config_origin: str = "") -> RunSession:
+        """Lock the run and settle its config. No torch. Raises RunError/RunLocked."""
+        store = RunStore(runs_dir, name)
+        is_new = not store.exists
+        note = store.acquire()
+        try:
+            if is_new:
+                store.write_config(config_mod.to_toml(cfg, header=f"lrctl run '{name}', created {_now()} "
+                                                      f"from {config_origin or 'the built-in lesson config'}."))
+            else:
+                frozen, _ = _read_frozen_config(store)
+                changes = config_mod.diff(frozen, cfg)
+                if changes and not force_config:
+                    raise RunError(f"run '{name}' was created with a different config:\n  " + "\n  ".join(changes)
+                                   + "\nuse the run's own config (omit --config/--set), another --run name, "
+                                     "or --force-config to change it")
+                if changes:
+                    store.write_config(config_mod.to_toml(cfg, header=f"lrctl run '{name}', config changed "
+                                                          f"{_now()} with --force-config."))
+                    store.journal("config_changed", durable=True, changes=changes)
+                elif not force_config:
+                    cfg = frozen
+        except BaseException:
+            store.close()
+            raise
+        session = cls(store, cfg, is_new, save_every, observer)
+        if note:
+            session.load_warnings.append(note)
+        store.journal("session_start", new=is_new, config=config_origin)
+        return session
+
+    def load(self) -> None:
+        """Import torch, build the model and data, restore the latest good checkpoint, open TensorBoard."""
+        from lrctl.engine import Trainer
+        from lrctl.tblog import TensorBoardLogger
+
+        trainer = Trainer(self.cfg)
+        had_events = any(p.name.startswith("events.out.tfevents") for p in self.store.dir.iterdir())
+        if self.store.has_checkpoint():
+            loaded = self.store.load_checkpoint()
+            self.load_warnings += loaded.warnings
+            trainer.load_state_dict(loaded.state)
+            self.saved_step = trainer.global_step
+        self.trainer = trainer
+        self._opened_step = trainer.global_step
+        # Steps after the checkpoint (a crash, a kill) are hidden now and rewritten identically.
+        self.logger = TensorBoardLogger(self.store.dir, purge_step=trainer.global_step if had_events else None)
+        if self.saved_step is None:
+            self.save()  # the initial state: every later rollback and resume has a base
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def global_step(self) -> int:
+        if self.trainer is not None:
+            return self.trainer.global_step
+        return int(self.store.summary().get("global_step", 0))
+
+    @property
+    def metric(self) -> str:
+        return self.cfg.metric
+
+    @property
+    def pending(self) -> Pending | None:
+        pending = self.store.read_pending()
+        if pending is not None and pending.remaining(self.global_step) <= 0:
+            return None
+        return pending
+
+    def summary(self) -> dict[str, Any]:
+        t = self.trainer
+        if t is None:
+            return self.store.summary()
+        last = t.history[-1] if t.history else None
+        return {"global_step": t.global_step, "lr": t.lr if t.runner is not None else None, "metric": self.metric,
+                "last": {"train": last["train"], "test": last["test"]} if last else None}
+
+    def save(self) -> None:
+        """Checkpoint now (TensorBoard events first, so the checkpoint never covers scalars not on disk)."""
+        assert self.trainer is not None
+        self.in_critical = True
+        try:
+            for logger in (self.logger, self._batch_logger):
+                if logger is not None:
+                    logger.flush(durable=True)
+            state = self.trainer.state_dict()
+            state["config"] = config_mod.to_dict(self.cfg)
+            pending = self.store.read_pending()
+            state["pending"] = {"chunks": pending.chunks, "source": pending.source} if pending else None
+            self.store.save_checkpoint(state, {**self.summary(), "saved_at": _now()})
+            self.saved_step = self.trainer.global_step
+            self._last_save = time.monotonic()
+        finally:
+            self.in_critical = False
+        if self.abort_after_critical:
+            self.abort_after_critical = False
+            raise KeyboardInterrupt
+
+    def request_stop(self) -> None:
+        """Stop the running chunk after the current epoch (everything kept)."""
+        self._stop = True
+
+    def check_expression(self, spec: ScheduleSpec, epochs: int) -> None:
+        """Refuse what the run cannot do now: ``keep`` with nothing to keep, a warm-up as long as the chunk."""
+        if spec.name == "keep" and self.trainer is not None and self.trainer.runner is None:
+            raise ValueError("nothing to keep yet: the run has no schedule; type a learning rate")
+        if spec.warmup and spec.family.chunk_length and spec.warmup >= epochs:
+            raise ValueError(f"warmup={spec.warmup} leaves none of the chunk's {epochs} epochs for {spec.name}")
+
+    # -- commands ------------------------------------------------------------------------------
+    def train(self, epochs: int, expression: str, source: str = "repl") -> ChunkOutcome:
+        """Train one chunk of ``epochs`` with the lr ``expression`` (a number or schedule)."""
+        return self.run_plan([(epochs, expression)], source=source)
+
+    def run_plan(self, chunks: list[tuple[int, str]], source: str = "plan") -> ChunkOutcome:
+        """Record the chunks as pending work (durably), then train them."""
+        start = self.global_step
+        absolute = []
+        for epochs, expression in chunks:
+            absolute.append({"start": start, "epochs": epochs, "expr": parse(expression).text})
+            start += epochs
+        old = self.store.read_pending()
+        if old is not None and old.remaining(self.global_step) > 0:
+            self.store.journal("pending_replaced", durable=True, old=old.chunks, step=self.global_step)
+        self.store.write_pending(Pending(absolute, source))
+        self.store.journal("command", durable=True, source=source, chunks=absolute)
+        return self.finish_pending()
+
+    def drop_pending(self, reason: str) -> None:
+        pending = self.store.read_pending()
+        if pending is not None:
+            self.store.journal("pending_dropped", durable=True, reason=reason, chunks=pending.chunks,
+                               step=self.global_step)
+            self.store.write_pending(None)
+
+    def finish_pending(self) -> ChunkOutcome:
+        """Train whatever ``pending.json`` says is left, from the current global step."""
+        assert self.trainer is not None and self.logger is not None, "call load() first"
+        pending = self.store.read_pending()
+        self._stop = False
+        outcome = ChunkOutcome("done", self.global_step)
+        while pending is not None and pending.chunks:
+            chunk = pending.chunks[0]
+            end = chunk["start"] + chunk["epochs"]
+            if self.global_step < end:
+                outcome = self._run_chunk(chunk)
+                if outcome.status != "done":
+                    return outcome
+            pending.chunks.pop(0)
+            self.store.write_pending(pending)
+            pending = self.store.read_pending()
+        return outcome
+
+    def _prepare_schedule(self, chunk: dict[str, Any]) -> None:
+        trainer = self.trainer
+        spec = parse(chunk["expr"])
+        runner = trainer.runner
+        if spec.name == "keep":
+            if runner is None:
+                raise RunError("nothing to keep: the run has no schedule yet")
+            return
+        if runner is not None and runner.chunk_start == chunk["start"] and runner.spec == spec:
+            return  # restored from the checkpoint (or still running): continue its clock
+        if trainer.global_step != chunk["start"]:
+            raise RunError(f"cannot resume chunk started at epoch {chunk['start']}: its schedule state is missing")
+        trainer.start_schedule(spec, chunk["epochs"])
+
+    def _run_chunk(self, chunk: dict[str, Any]) -> ChunkOutcome:
+        from lrctl.engine import Diverged
+
+        trainer, store = self.trainer, self.store
+        self._prepare_schedule(chunk)
+        end = chunk["start"] + chunk["epochs"]
+        todo = end - trainer.global_step
+        store.journal("chunk_start", step=trainer.global_step, end=end, expr=chunk["expr"])
+        self.observer.chunk_started(trainer.global_step, todo, chunk["expr"], trainer.batches_per_epoch)
+        try:
+            trainer.fit_rec(todo, on_epoch_end=self._epoch_done,
+                            on_batch_end=self.observer.batch_done if self.observer.wants_batches else None,
+                            should_stop=lambda: self._stop)
+        except KeyboardInterrupt:
+            dropped = trainer.global_step - (self.saved_step or 0)
+            self._rollback()
+            outcome = ChunkOutcome("abandoned", trainer.global_step, dropped=dropped)
+            store.journal("interrupted", durable=True, how="abandon", step=trainer.global_step, dropped=dropped)
+            self.observer.chunk_ended(outcome)
+            return outcome
+        except Diverged as e:
+            dropped = trainer.global_step - (self.saved_step or 0)
+            self._rollback()
+            self.drop_pending("diverged")
+            outcome = ChunkOutcome("diverged", trainer.global_step, dropped=dropped, lr=e.record.lr,
+                                   detail=f"loss became {e.loss} in epoch {e.record.step} at lr {e.record.lr:g}")
+            store.journal("diverged", durable=True, epoch=e.record.step, lr=e.record.lr, loss=str(e.loss),
+                          rolled_back_to=trainer.global_step)
+            self.observer.chunk_ended(outcome)
+            return outcome
+        self.save()
+        if trainer.global_step < end:
+            outcome = ChunkOutcome("stopped", trainer.global_step, detail=f"{end - trainer.global_step} epochs left")
+            store.journal("interrupted", durable=True, how="stop", step=trainer.global_step,
+                          left=end - trainer.global_step)
+        else:
+            outcome = ChunkOutcome("done", trainer.global_step)
+            last = trainer.history[-1]
+            store.journal("chunk_end", step=trainer.global_step, train=last["train"], test=last["test"], lr=trainer.lr)
+        self.observer.chunk_ended(outcome)
+        return outcome
+
+    def _epoch_done(self, record: EpochRecord) -> None:
+        metric = self.metric
+        self.logger.log_dict({f"train_{metric}": record.train, f"test_{metric}": record.test, "lr": record.lr},
+                             record.step)
+        if record.batch_lrs is not None:
+            batch_logger = self._batch_log()
+            base = record.step * self.trainer.batches_per_epoch
+            for i, lr in enumerate(record.batch_lrs):
+                batch_logger.log("lr_batch", lr, base + i)
+            batch_logger.flush()
+        self.logger.flush()
+        if time.monotonic() - self._last_save >= self.save_every:
+            self.save()
+        self.observer.epoch_done(record, metric)
+
+    def _batch_log(self) -> MetricLogger:
+        """Batch-indexed scalars live in their own TensorBoard run (``<run>/batch``): a purge at an
+        epoch step must not hide them, and theirs is counted in batches."""
+        if self._batch_logger is None:
+            from lrctl.tblog import TensorBoardLogger
+
+            logdir = self.store.dir / BATCH_LOGDIR
+            had_events = logdir.is_dir() and any(logdir.iterdir())
+            purge = self._opened_step * self.trainer.batches_per_epoch if had_events else None
+            self._batch_logger = TensorBoardLogger(logdir, purge_step=purge)
+        return self._batch_logger
+
+    def _rollback(self) -> None:
+        """Go back to the last checkpoint (after an abandoned or diverged epoch)."""
+        loaded = self.store.load_checkpoint()
+        self.trainer.load_state_dict(loaded.state)
+        self.saved_step = self.trainer.global_step
+        self.logger.purge(self.trainer.global_step)
+        self.logger.flush()
+        if self._batch_logger is not None:
+            self._batch_logger.purge(self.trainer.global_step * self.trainer.batches_per_epoch)
+            self._batch_logger.flush()
+
+    # -- closing -------------------------------------------------------------------------------
+    def close(self, reason: str = "quit") -> None:
+        """Save if anything is unsaved, journal the end, release TensorBoard and the lock."""
+        try:
+            if self.trainer is not None and self.saved_step != self.trainer.global_step:
+                self.save()
+            self.store.journal("session_end", reason=reason, step=self.global_step)
+        finally:
+            for logger in (self.logger, self._batch_logger):
+                if logger is not None:
+                    logger.close()
+            self.store.close()
+
+
+def _read_frozen_config(store: RunStore) -> tuple[config_mod.RunConfig, str]:
+    import tomllib
+
+    path = store.dir / "config.toml"
+    try:
+        raw = tomllib.loads(store.read_config_text())
+        return config_mod.from_dict(raw, origin=str(path)), str(path)
+    except (OSError, tomllib.TOMLDecodeError, config_mod.ConfigError) as e:
+        raise RunError(f"run '{store.name}': its frozen config {path} cannot be read: {e}") from None
+
+
+def _now() -> str:
+    from lrctl.runstore import now_iso
+
+    return now_iso()

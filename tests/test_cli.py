@@ -1,0 +1,132 @@
+"""The real ``lrctl`` entry point driven through a pipe, checked through TensorBoard's own reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import read_checkpoint, read_scalars, run_lrctl
+
+TRANSCRIPT = "y\n30\n0.03\ny\n30\n0.01\nn\n"
+
+
+@pytest.fixture(scope="module")
+def two_chunk_run(tmp_path_factory) -> tuple[Path, object]:
+    cwd = tmp_path_factory.mktemp("cli")
+    result = run_lrctl(["--run", "demo"], cwd, stdin=TRANSCRIPT)
+    return cwd, result
+
+
+def test_piped_transcript_trains_both_chunks_and_logs_each_step_once(two_chunk_run):
+    cwd, result = two_chunk_run
+    assert result.returncode == 0, result.stderr
+    assert "\x1b[" not in result.stdout  # plain output on a pipe: no cursor or colour codes
+    assert "run 'demo' (new)" in result.stdout
+    assert "saved run 'demo' at epoch 60 · resume with: lrctl --run demo" in result.stdout
+    scalars = read_scalars(cwd / "runs" / "demo")
+    for tag in ("train_mse", "test_mse", "lr"):
+        assert [s for s, _ in scalars[tag]] == list(range(60)), tag
+    lrs = dict(scalars["lr"])
+    assert all(lrs[s] == pytest.approx(0.03) for s in range(30))
+    assert all(lrs[s] == pytest.approx(0.01) for s in range(30, 60))
+
+
+def test_checkpoint_is_a_plain_weights_only_dict(two_chunk_run):
+    cwd, _ = two_chunk_run
+    state = read_checkpoint(cwd / "runs" / "demo" / "checkpoint.pt")
+    assert state["global_step"] == 60
+    assert {"model", "optimizer", "schedule", "rng", "history", "pending", "lrctl_version"} <= state.keys()
+    assert len(state["history"]) == 60
+
+
+def test_second_session_resumes_at_step_60(two_chunk_run, tmp_path):
+    import shutil
+
+    cwd = tmp_path
+    shutil.copytree(two_chunk_run[0] / "runs", cwd / "runs")
+    before = read_checkpoint(cwd / "runs" / "demo" / "checkpoint.pt")
+    result = run_lrctl(["--run", "demo"], cwd, stdin="y\n30\n0.01\nn\n")
+    assert result.returncode == 0, result.stderr
+    assert "resumed at epoch 60" in result.stdout
+    assert "training epochs 60..89" in result.stdout
+    scalars = read_scalars(cwd / "runs" / "demo")
+    assert [s for s, _ in scalars["train_mse"]] == list(range(90))
+    # The second session started from exactly the saved weights: replaying its chunk in-process
+    # from the first session's checkpoint gives the same final weights.
+    from lrctl.config import RunConfig
+    from lrctl.engine import Trainer
+    from lrctl.schedules import parse
+
+    trainer = Trainer(RunConfig())
+    trainer.load_state_dict(before)
+    trainer.start_schedule(parse("0.01"), 30)
+    trainer.fit_rec(30)
+    after = read_checkpoint(cwd / "runs" / "demo" / "checkpoint.pt")
+    import torch
+
+    assert all(torch.equal(trainer.model.state_dict()[k], after["model"][k]) for k in after["model"])
+
+
+def test_bad_answers_are_refused_and_the_run_trains_what_was_finally_asked(workdir):
+    answers = "maybe\ny\nten\n0\n-3\n1.5\n2\nabc\n0\n-0.1\nnan\ninf\n1e400\n1_0\n０.１\n0.02\nn\n"
+    result = run_lrctl(["--run", "bad"], workdir, stdin=answers)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for message in ("answer y or n, not 'maybe'", "epochs must be a whole number like 30, not 'ten'",
+                    "epochs must be at least 1, not 0", "epochs must be at least 1, not -3",
+                    "epochs must be a whole number like 30, not '1.5'", "unknown schedule 'abc'",
+                    "learning rate must be > 0, not 0", "learning rate must be > 0, not -0.1",
+                    "must be a finite number, not 'nan'", "must be a finite number, not 'inf'",
+                    "learning rate '1e400' is too large", "not '1_0'", "not '０.１'"):
+        assert message in out, message
+    scalars = read_scalars(workdir / "runs" / "bad")
+    assert scalars["lr"] == [(0, pytest.approx(0.02)), (1, pytest.approx(0.02))]
+
+
+def test_end_of_input_at_any_prompt_saves_and_exits_0(workdir):
+    result = run_lrctl(["--run", "eof"], workdir, stdin="y\n2\n")
+    assert result.returncode == 0, result.stderr
+    assert "saved run 'eof' at epoch 0" in result.stdout
+    assert (workdir / "runs" / "eof" / "checkpoint.pt").exists()
+
+
+def test_plan_runs_without_prompting(workdir):
+    result = run_lrctl(["--run", "p", "--plan", "3@0.03;2@exp 0.05 gamma=0.5"], workdir)
+    assert result.returncode == 0, result.stderr
+    assert "Continue training?" not in result.stdout
+    lrs = read_scalars(workdir / "runs" / "p")["lr"]
+    assert [round(v, 6) for _, v in lrs] == [0.03, 0.03, 0.03, 0.05, 0.025]
+
+
+def test_bad_plan_and_bad_run_names_touch_nothing(workdir):
+    result = run_lrctl(["--run", "x", "--plan", "3@0.03;2@exp 0.05 gama=0.5"], workdir)
+    assert result.returncode == 2
+    assert "plan chunk 2" in result.stderr and "unknown option 'gama' for exp" in result.stderr
+    for name in ("../x", "/etc", "", "a/b", "..", "x y"):
+        result = run_lrctl(["--run", name, "--plan", "1@0.1"], workdir)
+        assert result.returncode == 1 and "invalid run name" in result.stderr, name
+    assert not (workdir / "runs").exists()
+
+
+def test_closed_output_pipe_ends_quietly_with_the_run_saved(workdir):
+    import subprocess
+    import sys
+
+    from tests.conftest import lrctl_env
+
+    cmd = f"{sys.executable} -m lrctl --run pipe --plan 200@0.01 | head -3"
+    result = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], cwd=workdir, env=lrctl_env(),
+                            capture_output=True, text=True, timeout=180)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+    state = read_checkpoint(workdir / "runs" / "pipe" / "checkpoint.pt")
+    assert 0 < state["global_step"] < 200
+
+
+def test_schedule_command_prints_epoch_lr_lines(workdir):
+    result = run_lrctl(["schedule", "exp 0.05 gamma=0.5", "--epochs", "3"], workdir)
+    assert result.returncode == 0
+    assert result.stdout.split("\n")[:3] == ["0 0.05", "1 0.025", "2 0.0125"]
+    result = run_lrctl(["schedule", "exp 0.05 gama=0.5", "--epochs", "3"], workdir)
+    assert result.returncode == 2 and "unknown option 'gama' for exp (options: gamma)" in result.stderr
