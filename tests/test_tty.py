@@ -1,0 +1,102 @@
+"""Terminal behaviour through a real pseudo-terminal (pexpect): prompts, progress, Ctrl-C, history."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+pexpect = pytest.importorskip("pexpect")
+
+from tests.conftest import lrctl_env, read_checkpoint  # noqa: E402
+
+
+def spawn(args, cwd):
+    return pexpect.spawn(sys.executable, ["-m", "lrctl", *args], cwd=str(cwd), env=lrctl_env(),
+                         encoding="utf-8", timeout=120, dimensions=(30, 120))
+
+
+def test_terminal_session_with_ctrl_c_during_a_chunk(workdir):
+    child = spawn(["--run", "tty"], workdir)
+    child.expect_exact("run 'tty' (new)")
+    child.expect_exact("Continue training? [y/n]")
+    child.sendline("y")
+    child.expect_exact("Epochs:")
+    child.sendline("100000")
+    child.expect_exact("Learning rate:")
+    child.sendline("0.01")
+    child.expect(r"epoch\s+3 ")
+    child.sendintr()
+    child.expect_exact("stopping after this epoch")
+    child.expect(r"stopped at epoch (\d+)")
+    stopped = int(child.match.group(1))
+    child.expect_exact("Continue training? [y/n]")
+    child.sendline("n")
+    child.expect_exact(f"saved run 'tty' at epoch {stopped}")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert read_checkpoint(workdir / "runs" / "tty" / "checkpoint.pt")["global_step"] == stopped
+
+
+def test_second_ctrl_c_abandons_the_epoch_and_says_what_it_dropped(workdir):
+    # Long epochs (100k rows), so the second Ctrl-C lands inside one; no checkpoint after the initial one.
+    child = spawn(["--run", "tty2", "--save-every", "1000", "--set", "data.rows=100000"], workdir)
+    child.expect_exact("Continue training? [y/n]")
+    child.sendline("y")
+    child.expect_exact("Epochs:")
+    child.sendline("100000")
+    child.expect_exact("Learning rate:")
+    child.sendline("0.01")
+    child.expect(r"epoch\s+1 ")
+    child.sendintr()
+    child.expect_exact("stopping after this epoch")  # two presses at once would reach Python as one
+    child.sendintr()
+    child.expect(r"back to the last saved state at epoch 0 \((\d+) epochs dropped")
+    assert int(child.match.group(1)) == 2
+    child.expect_exact("Continue training? [y/n]")
+    child.sendcontrol("c")  # Ctrl-C at a prompt: save and exit 0
+    child.expect_exact("saved run 'tty2' at epoch 0")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_up_arrow_recalls_answers_from_an_earlier_session(workdir):
+    from tests.conftest import run_lrctl
+
+    for answers in ("y\n2\n0.004\nn\n",):
+        run_lrctl(["--run", "hist"], workdir, stdin=answers)  # piped answers are not terminal history
+    child = spawn(["--run", "hist"], workdir)
+    child.expect_exact("Continue training? [y/n]")
+    child.sendline("y")
+    child.expect_exact("Epochs:")
+    child.sendline("3")
+    child.expect_exact("Learning rate:")
+    child.sendline("0.002")
+    child.expect_exact("chunk done at epoch 5")
+    child.sendline("n")
+    child.expect(pexpect.EOF)
+    child = spawn(["--run", "hist"], workdir)
+    child.expect_exact("Continue training? [y/n]")
+    child.sendline("y")
+    child.expect_exact("Epochs:")
+    child.send("\x1b[A")
+    child.expect_exact("3")
+    child.send("\r")
+    child.expect_exact("Learning rate:")
+    child.send("\x1b[A\r")
+    child.expect_exact("training epochs 5..7 · lr 0.002")
+    child.expect_exact("Continue training? [y/n]")
+    child.sendline("n")
+    child.expect(pexpect.EOF)
+
+
+def test_ctrl_d_at_a_prompt_saves_and_exits(workdir):
+    child = spawn(["--run", "tty3"], workdir)
+    child.expect_exact("Continue training? [y/n]")
+    child.sendcontrol("d")
+    child.expect_exact("saved run 'tty3' at epoch 0")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
