@@ -139,7 +139,11 @@ class _Loader:
     def __init__(self, session) -> None:
         self.session, self.error = session, None
         self.thread = threading.Thread(target=self._run, name="lrctl-load", daemon=True)
-        self.thread.start()
+
+    def start(self) -> None:
+        """Begin loading (the REPL calls this once its first question is on screen)."""
+        if not self.thread.is_alive() and self.thread.ident is None:
+            self.thread.start()
 
     def _run(self) -> None:
         try:
@@ -148,6 +152,7 @@ class _Loader:
             self.error = e
 
     def wait(self) -> None:
+        self.start()
         self.thread.join()
         if self.error is not None:
             raise self.error
@@ -197,6 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         reason = "interrupt"
         code = EXIT_INTERRUPTED if plan is not None else EXIT_OK
     finally:
+        loader.start()  # even a session quit at once writes its initial checkpoint
         loader.thread.join()
         if session.trainer is not None:
             session.close(reason)
@@ -235,7 +241,7 @@ def _run_repl(session, loader: _Loader, view, finish: bool) -> tuple[int, str]:
     from lrctl.repl import PlainAsker, Repl, TerminalAsker
 
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    repl = Repl(session, view, None, loader.wait)  # type: ignore[arg-type]
+    repl = Repl(session, view, None, loader.wait, on_first_prompt=loader.start)  # type: ignore[arg-type]
     if interactive:
         repl.asker = TerminalAsker(session.store.dir / ".history", repl.toolbar)
     else:

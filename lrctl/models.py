@@ -37,18 +37,26 @@ class MLP(nn.Module):
                 self.add_module(f"normalize{i + 1}", nn.BatchNorm1d(sizes[i + 1]))
         self.add_module(f"linear{self.n_hidden + 1}", nn.Linear(sizes[-2], sizes[-1]))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        # The call sequence, resolved once: per-call module lookups by name cost more than the
+        # arithmetic of a model this small.
+        steps: list = []
+        for i in range(1, self.n_hidden + 1):
+            norm = getattr(self, f"normalize{i}", None)
+            steps.append(getattr(self, f"linear{i}"))
+            if batch_norm == "pre":
+                steps.append(norm)
+            steps.append(self.act)
+            if batch_norm == "post":
+                steps.append(norm)
+            if self.dropout is not None:
+                steps.append(self.dropout)
+        steps.append(getattr(self, f"linear{self.n_hidden + 1}"))
+        object.__setattr__(self, "_steps", tuple(steps))  # a plain tuple: not registered twice
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i in range(1, self.n_hidden + 1):
-            x = getattr(self, f"linear{i}")(x)
-            if self.batch_norm == "pre":
-                x = getattr(self, f"normalize{i}")(x)
-            x = self.act(x)
-            if self.batch_norm == "post":
-                x = getattr(self, f"normalize{i}")(x)
-            if self.dropout is not None:
-                x = self.dropout(x)
-        return getattr(self, f"linear{self.n_hidden + 1}")(x)
+        for step in self._steps:
+            x = step(x)
+        return x
 
 
 def build_model(cfg: RunConfig, in_features: int) -> nn.Module:

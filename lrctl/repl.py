@@ -16,6 +16,7 @@ saves and exits; during a chunk it stops after the epoch, and a second one aband
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Iterator
@@ -29,8 +30,11 @@ from lrctl.view import View, fmt_lr, fmt_metric
 
 
 class Asker(Protocol):
-    def ask(self, question: Question, text: str, placeholder: str | None = None) -> str:
-        """Return the typed line; raise EOFError at end of input, KeyboardInterrupt on Ctrl-C."""
+    def ask(self, question: Question, text: str, placeholder: str | None = None,
+            on_shown: Callable[[], None] | None = None) -> str:
+        """Return the typed line; raise EOFError at end of input, KeyboardInterrupt on Ctrl-C.
+
+        ``on_shown`` runs once the question is on screen (the CLI starts loading torch then)."""
         ...
 
 
@@ -40,8 +44,11 @@ class PlainAsker:
     def __init__(self, stdin: TextIO, out: TextIO) -> None:
         self.stdin, self.out = stdin, out
 
-    def ask(self, question: Question, text: str, placeholder: str | None = None) -> str:
+    def ask(self, question: Question, text: str, placeholder: str | None = None,
+            on_shown: Callable[[], None] | None = None) -> str:
         self._write(text)
+        if on_shown is not None:
+            on_shown()
         line = self.stdin.readline()
         if not line:
             self._write("\n")
@@ -89,11 +96,17 @@ class TerminalAsker:
                 completer=ScheduleCompleter() if question is Question.LR else None, complete_while_typing=False)
         return self._sessions[question]
 
-    def ask(self, question: Question, text: str, placeholder: str | None = None) -> str:
+    def ask(self, question: Question, text: str, placeholder: str | None = None,
+            on_shown: Callable[[], None] | None = None) -> str:
         from prompt_toolkit.formatted_text import FormattedText
 
         hint = FormattedText([("fg:ansibrightblack", placeholder)]) if placeholder else None
-        return self._session(question).prompt(text, placeholder=hint)
+        pre_run = None
+        if on_shown is not None:
+            # pre_run fires before the first draw; call_soon runs once the loop idles, after it.
+            def pre_run() -> None:
+                asyncio.get_running_loop().call_soon(on_shown)
+        return self._session(question).prompt(text, placeholder=hint, pre_run=pre_run)
 
 
 @contextlib.contextmanager
@@ -136,8 +149,10 @@ class Repl:
         ready: blocks until the session has loaded (torch, model, checkpoint).
     """
 
-    def __init__(self, session: RunSession, view: View, asker: Asker, ready: Callable[[], None]) -> None:
+    def __init__(self, session: RunSession, view: View, asker: Asker, ready: Callable[[], None],
+                 on_first_prompt: Callable[[], None] | None = None) -> None:
         self.session, self.view, self.asker, self.ready = session, view, asker, ready
+        self.on_first_prompt = on_first_prompt
         self.last_epochs: int | None = None
         self.last_expression: str | None = None
 
@@ -208,7 +223,8 @@ class Repl:
     def _ask(self, question: Question, previous: Any = None, text: str | None = None) -> Any:
         placeholder = str(previous) if previous is not None else None
         while True:
-            typed = self.asker.ask(question, text or question.value, placeholder)
+            hook, self.on_first_prompt = self.on_first_prompt, None
+            typed = self.asker.ask(question, text or question.value, placeholder, hook)
             self.session.store.journal("answer", question=question.name.lower(), text=typed)
             command = commands.parse(question, typed, previous)
             if isinstance(command, commands.Answer):
