@@ -136,8 +136,8 @@ def _resolve_config(args: argparse.Namespace, store: RunStore) -> tuple[config_m
 class _Loader:
     """Runs ``session.load()`` (torch import, model, checkpoint) in the background while the user answers."""
 
-    def __init__(self, session) -> None:
-        self.session, self.error = session, None
+    def __init__(self, session, trainer=None) -> None:
+        self.session, self.trainer, self.error = session, trainer, None
         self.thread = threading.Thread(target=self._run, name="lrctl-load", daemon=True)
 
     def start(self) -> None:
@@ -147,7 +147,7 @@ class _Loader:
 
     def _run(self) -> None:
         try:
-            self.session.load()
+            self.session.load(self.trainer)
         except BaseException as e:  # re-raised in the main thread by wait()
             self.error = e
 
@@ -183,6 +183,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         from lrctl.session import _read_frozen_config
 
         cfg, _ = _read_frozen_config(store)
+    prebuilt = None
+    if not store.exists and (cfg.data.source in ("csv", "factory") or cfg.model.kind == "factory"):
+        # User data and models can fail in many ways: find out before the run directory exists.
+        from lrctl.engine import Trainer
+
+        prebuilt = Trainer(cfg)
     view = View()
     session = RunSession.open(args.runs_dir, run_name, cfg, force_config=getattr(args, "force_config", False),
                               save_every=save_every, observer=view, config_origin=origin)
@@ -191,7 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     view.banner(run_name, session.is_new, session.store.summary(), session.cfg.describe(), logdir)
     for problem in session.store.check_checkpoints()[1]:
         view.warn(problem)
-    loader = _Loader(session)
+    loader = _Loader(session, prebuilt)
     code, reason = EXIT_OK, "quit"
     try:
         if plan is not None:

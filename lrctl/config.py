@@ -37,7 +37,13 @@ def _f(default: Any, help: str) -> Any:
 class DataConfig:
     """Where the examples come from and how they are split."""
 
-    source: str = _f("lesson-regression", "lesson-regression | lesson-classification")
+    source: str = _f("lesson-regression", "lesson-regression | lesson-classification | csv | factory")
+    task: str = _f("auto", "regression | classification; auto = from the lesson source (csv/factory: regression)")
+    path: str = _f("", "csv: the file (relative paths are relative to the config file)")
+    target: str = _f("", "csv: the target column name(s), comma-separated; the other columns are features")
+    standardize: bool = _f(True, "csv: scale features to mean 0, std 1 using the training split's statistics")
+    factory: str = _f("", "factory: 'package.module:function' returning (x_train, y_train, x_test, y_test) "
+                          "tensors or (train, test) Datasets")
     seed: int = _f(420, "global torch seed set right before generating the data and the split")
     rows: int = _f(1000, "regression: number of examples")
     weights: tuple[float, ...] = _f((2.0, -1.0, 3.0, 1.0, 2.0), "regression: true weights, one per feature")
@@ -55,7 +61,9 @@ class DataConfig:
 class ModelConfig:
     """The network: the built-in MLP."""
 
-    kind: str = _f("mlp", "mlp (the built-in multi-layer perceptron)")
+    kind: str = _f("mlp", "mlp (the built-in multi-layer perceptron) | factory")
+    factory: str = _f("", "factory: 'package.module:function' returning an nn.Module; it may take "
+                          "in_features= and out_features=")
     hidden: tuple[int, ...] = _f((4, 4), "hidden layer widths")
     activation: str = _f("tanh", "tanh | relu | sigmoid | gelu | identity")
     batch_norm: str = _f("pre", "pre (BN before the activation) | post (after it) | none")
@@ -95,8 +103,10 @@ class RunConfig:
 
     @property
     def task(self) -> str:
-        """'classification' or 'regression', from the data source."""
-        return "classification" if self.data.source.endswith("classification") else "regression"
+        """'classification' or 'regression': data.task, or from the lesson source."""
+        if self.data.task != "auto":
+            return self.data.task
+        return "classification" if self.data.source == "lesson-classification" else "regression"
 
     @property
     def metric(self) -> str:
@@ -113,22 +123,31 @@ class RunConfig:
     def describe(self) -> str:
         """One line a person recognises: 'lesson regression, MLP 5-4-4-1 tanh+BN(pre), SGD, MSE'."""
         d, m = self.data, self.model
-        n_in = len(d.weights) if self.task == "regression" else d.features
-        n_out = d.classes if self.task == "classification" else 1
-        sizes = "-".join(str(s) for s in (n_in, *m.hidden, n_out))
-        bn = f"+BN({m.batch_norm})" if m.batch_norm != "none" else ""
-        source = d.source.replace("lesson-", "lesson ")
-        return f"{source}, MLP {sizes} {m.activation}{bn}, {self.train.optimizer.upper()}, {self.loss.upper()}"
+        if d.source.startswith("lesson-"):
+            n_in: object = len(d.weights) if self.task == "regression" else d.features
+            n_out: object = d.classes if self.task == "classification" else 1
+            source = d.source.replace("lesson-", "lesson ")
+        else:
+            n_in, n_out = "in", "out"
+            source = f"{d.source} {Path(d.path).name if d.source == 'csv' else d.factory} ({self.task})"
+        if m.kind == "factory":
+            model = f"model {m.factory}"
+        else:
+            sizes = "-".join(str(s) for s in (n_in, *m.hidden, n_out))
+            bn = f"+BN({m.batch_norm})" if m.batch_norm != "none" else ""
+            model = f"MLP {sizes} {m.activation}{bn}"
+        return f"{source}, {model}, {self.train.optimizer.upper()}, {self.loss.upper()}"
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 _CHOICES = {
-    ("data", "source"): {"lesson-regression", "lesson-classification"},
-    ("model", "kind"): {"mlp"},
+    ("data", "source"): {"lesson-regression", "lesson-classification", "csv", "factory"},
+    ("data", "task"): {"auto", "regression", "classification"},
+    ("model", "kind"): {"mlp", "factory"},
     ("model", "activation"): {"tanh", "relu", "sigmoid", "gelu", "identity"},
     ("model", "batch_norm"): {"pre", "post", "none"},
     ("train", "optimizer"): {"sgd", "adam", "adamw", "rmsprop"},
-    ("train", "loss"): {"auto", "mse", "cross-entropy", "l1", "huber"},
+    ("train", "loss"): {"auto", "mse", "cross-entropy", "bce", "l1", "huber"},
     ("train", "metric"): {"auto", "mse", "accuracy", "mae"},
 }
 
@@ -160,10 +179,19 @@ def validate(cfg: RunConfig) -> list[str]:
     dev = cfg.train.device
     if not (dev in {"cpu", "cuda", "auto", "mps"} or (dev.startswith("cuda:") and dev[5:].isdigit())):
         problems.append(f"train.device: {dev!r} is not cpu, cuda, cuda:N, mps or auto")
-    if cfg.task == "classification" and cfg.metric == "mse" and cfg.loss == "cross-entropy":
-        pass  # allowed, if odd: the metric is computed on class probabilities' argmax anyway
     if cfg.task == "regression" and (cfg.metric == "accuracy" or cfg.loss == "cross-entropy"):
-        problems.append("train.metric/train.loss: accuracy and cross-entropy need a classification data source")
+        problems.append("train.metric/train.loss: accuracy and cross-entropy need a classification task "
+                        "(data.task = \"classification\")")
+    if cfg.task == "classification" and cfg.metric in ("mse", "mae") and cfg.loss == "cross-entropy":
+        problems.append("train.metric: mse/mae compare numbers; a classification task with cross-entropy "
+                        "uses accuracy")
+    d, m = cfg.data, cfg.model
+    if d.source == "csv" and (not d.path or not d.target):
+        problems.append("data.path/data.target: a csv source needs path = \"file.csv\" and target = \"column\"")
+    if d.source == "factory" and ":" not in d.factory:
+        problems.append("data.factory: a factory source needs factory = \"package.module:function\"")
+    if m.kind == "factory" and ":" not in m.factory:
+        problems.append("model.factory: a factory model needs factory = \"package.module:function\"")
     return problems
 
 
@@ -242,7 +270,30 @@ def load(path: Path | None) -> tuple[RunConfig, str]:
         raise ConfigError(f"{path}: cannot read: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return from_dict(raw, origin=str(path)), str(path)
+    cfg = from_dict(raw, origin=str(path))
+    return _resolve_paths(cfg, Path(path).resolve().parent), str(path)
+
+
+def _resolve_file(text: str, base: Path) -> str:
+    """A relative file path (or 'file.py:function') made absolute against the config's directory."""
+    target, colon, function = text.partition(":") if text.split(":")[0].endswith(".py") else (text, "", "")
+    if target and not Path(target).is_absolute() and (target.endswith(".py") or "/" in target or
+                                                      target.endswith(".csv") or (base / target).exists()):
+        target = str((base / target).resolve())
+    return target + colon + function
+
+
+def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    """Files named in a config are relative to the config file; the run keeps them absolute."""
+    data = cfg.data
+    if data.path:
+        data = dataclasses.replace(data, path=_resolve_file(data.path, base))
+    if data.factory.split(":")[0].endswith(".py"):
+        data = dataclasses.replace(data, factory=_resolve_file(data.factory, base))
+    model = cfg.model
+    if model.factory.split(":")[0].endswith(".py"):
+        model = dataclasses.replace(model, factory=_resolve_file(model.factory, base))
+    return dataclasses.replace(cfg, data=data, model=model)
 
 
 def to_dict(cfg: RunConfig) -> dict[str, dict[str, Any]]:
@@ -289,8 +340,19 @@ def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
     return from_dict(raw, origin="--set")
 
 
-def diff(old: RunConfig, new: RunConfig) -> list[str]:
-    """Readable lines ``section.key: old -> new`` for every differing value."""
+# Where and how fast a run trains, not what it is: they may change between sessions freely.
+RUNTIME_KEYS = {("train", "device"), ("train", "threads")}
+
+
+def diff(old: RunConfig, new: RunConfig, runtime: bool = False) -> list[str]:
+    """Readable lines ``section.key: old -> new`` for every differing value that defines the run
+    (``runtime=True``: only the differing runtime settings)."""
     a, b = to_dict(old), to_dict(new)
     return [f"{s}.{k}: {_toml_value(a[s][k])} (run) -> {_toml_value(b[s][k])} (given)"
-            for s in a for k in a[s] if a[s][k] != b[s][k]]
+            for s in a for k in a[s] if a[s][k] != b[s][k] and ((s, k) in RUNTIME_KEYS) == runtime]
+
+
+def with_runtime_of(frozen: RunConfig, given: RunConfig) -> RunConfig:
+    """``frozen`` with ``given``'s runtime settings (device, threads)."""
+    train = dataclasses.replace(frozen.train, **{k: getattr(given.train, k) for s, k in RUNTIME_KEYS})
+    return dataclasses.replace(frozen, train=train)

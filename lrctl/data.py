@@ -1,17 +1,20 @@
-"""The examples: the lesson's generators, the train/test split, and the order of each epoch's batches.
+"""The examples: the lesson's generators, CSV files, user factories; the split; each epoch's batch order.
 
-Data lives in memory as tensors (on the training device) and is sliced, never fed through a
-DataLoader. The order of epoch ``e``'s examples is a pure function of ``(shuffle_seed, e)``, so an
-epoch recomputed after a crash sees exactly the same batches, and a distributed rank can take a
-disjoint share of them.
+In-memory data lives on the training device as tensors and is sliced, never fed through a
+DataLoader. A factory may instead return ``torch.utils.data.Dataset`` objects that are not plain
+tensor sets; those go through a DataLoader with workers. The order of epoch ``e``'s examples is a
+pure function of ``(shuffle_seed, e)`` either way, so an epoch recomputed after a crash sees exactly
+the same batches, and a distributed rank can take a disjoint share of them.
 """
 
 from __future__ import annotations
 
+import csv
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from lrctl.config import RunConfig
+from lrctl.config import ConfigError, RunConfig
 
 if TYPE_CHECKING:
     import torch
@@ -19,19 +22,44 @@ if TYPE_CHECKING:
 
 @dataclass
 class Split:
-    """Train and test tensors; ``y`` is float (N, 1) for regression, long (N,) for classification."""
+    """Train and test tensors; ``y`` is float (N, k) for regression, long (N,) for classification.
 
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    ``train_set``/``test_set`` hold Datasets instead when a factory returned ones that are not
+    in-memory tensors (then the tensor fields are None).
+    """
+
+    x_train: torch.Tensor | None
+    y_train: torch.Tensor | None
+    x_test: torch.Tensor | None
+    y_test: torch.Tensor | None
+    train_set: Any = None
+    test_set: Any = None
+    n_classes: int = 0
+
+    @property
+    def in_memory(self) -> bool:
+        return self.x_train is not None
 
     @property
     def in_features(self) -> int:
-        return self.x_train.shape[1]
+        x = self.x_train if self.in_memory else self.train_set[0][0]
+        return int(x.shape[-1])
+
+    @property
+    def n_train(self) -> int:
+        return len(self.x_train) if self.in_memory else len(self.train_set)
+
+    def out_features(self, cfg: RunConfig) -> int:
+        if cfg.task == "classification":
+            return 1 if cfg.loss == "bce" else self.n_classes
+        y = self.y_train if self.in_memory else self.train_set[0][1]
+        return 1 if y.dim() <= 1 else int(y.shape[-1])
 
     def to(self, device: torch.device) -> Split:
-        return Split(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)))
+        if not self.in_memory:
+            return self
+        moved = (t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test))
+        return Split(*moved, n_classes=self.n_classes)
 
 
 def lesson_regression(rows: int, weights: tuple[float, ...], degree: int, noise: float):
@@ -57,21 +85,146 @@ def lesson_classification(rows_per_class: int, features: int, classes: int, gap:
     return torch.cat(xs).float(), torch.cat(ys)
 
 
+def read_csv(cfg: RunConfig) -> tuple[list[list[float]], list[list[Any]], list[str]]:
+    """Feature rows, target rows and feature names; ConfigError names the file, row and column."""
+    d = cfg.data
+    targets = [t.strip() for t in d.target.split(",") if t.strip()]
+    try:
+        with open(d.path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        raise ConfigError(f"data.path: cannot read {d.path}: {e.strerror or e}") from None
+    if len(rows) < 3:
+        raise ConfigError(f"data.path: {d.path} needs a header row and at least 2 data rows")
+    header = [h.strip() for h in rows[0]]
+    missing = [t for t in targets if t not in header]
+    if missing:
+        raise ConfigError(f"data.target: {d.path} has no column {', '.join(map(repr, missing))}; "
+                          f"columns: {', '.join(header)}")
+    t_idx = [header.index(t) for t in targets]
+    f_idx = [i for i in range(len(header)) if i not in t_idx]
+    if not f_idx:
+        raise ConfigError(f"data.target: {d.path} has no feature columns left besides the target")
+    features, labels = [], []
+    for line_no, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise ConfigError(f"data.path: {d.path} line {line_no} has {len(row)} fields, the header {len(header)}")
+        try:
+            features.append([_number(row[i]) for i in f_idx])
+        except ValueError as e:
+            raise ConfigError(f"data.path: {d.path} line {line_no}: {e}") from None
+        if cfg.task == "classification":
+            labels.append([row[i].strip() for i in t_idx])
+        else:
+            try:
+                labels.append([_number(row[i]) for i in t_idx])
+            except ValueError as e:
+                raise ConfigError(f"data.path: {d.path} line {line_no}: {e} (a regression target must be numeric; "
+                                  "set data.task = \"classification\" for labels)") from None
+    return features, labels, [header[i] for i in f_idx]
+
+
+def _number(text: str) -> float:
+    value = float(text)  # a data file, not typed input: Python's float grammar is the CSV convention
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+def _class_indices(labels: list[str]) -> tuple[list[int], int]:
+    """Labels to 0..k-1: integer labels keep their value; other labels are numbered in sorted order."""
+    try:
+        ints = [int(label) for label in labels]
+        if min(ints) >= 0:
+            return ints, max(ints) + 1
+    except ValueError:
+        pass
+    names = sorted(set(labels))
+    return [names.index(label) for label in labels], len(names)
+
+
+def _random_split(x, y, fraction: float):
+    """torch.utils.data.random_split semantics: one permutation from the global RNG, first part trains."""
+    import torch
+
+    n_train = int(len(x) * fraction)
+    order = torch.randperm(len(x))
+    return x[order[:n_train]], y[order[:n_train]], x[order[n_train:]], y[order[n_train:]]
+
+
+def _from_factory(cfg: RunConfig) -> Split:
+    import torch
+
+    from lrctl._factory import load_callable
+
+    spec = cfg.data.factory
+    result = load_callable(spec, "data.factory")()
+    what = "(x_train, y_train, x_test, y_test) tensors or (train, test) Datasets"
+    if isinstance(result, (tuple, list)) and len(result) == 2:
+        train_set, test_set = result
+        if not all(isinstance(s, torch.utils.data.Dataset) for s in result):
+            raise ConfigError(f"data.factory: {spec!r} returned {type(train_set).__name__}, "
+                              f"{type(test_set).__name__}; expected {what}")
+        if all(isinstance(s, torch.utils.data.TensorDataset) and len(s.tensors) == 2 for s in result):
+            result = (*train_set.tensors, *test_set.tensors)  # in memory after all: the fast path
+        else:
+            labels = [int(train_set[i][1]) for i in range(min(len(train_set), 10_000))] \
+                if cfg.task == "classification" else []
+            return Split(None, None, None, None, train_set, test_set, n_classes=max(labels, default=0) + 1)
+    if not (isinstance(result, (tuple, list)) and len(result) == 4
+            and all(isinstance(t, torch.Tensor) for t in result)):
+        raise ConfigError(f"data.factory: {spec!r} returned {type(result).__name__}; expected {what}")
+    x_train, y_train, x_test, y_test = result
+    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if x.dim() != 2 or len(x) != len(y) or len(x) == 0:
+            raise ConfigError(f"data.factory: {spec!r}: {name} features must be (N, features) with one label "
+                              f"per row; got {tuple(x.shape)} and {tuple(y.shape)}")
+    return _finish(cfg, x_train.float(), y_train, x_test.float(), y_test)
+
+
+def _finish(cfg: RunConfig, x_train, y_train, x_test, y_test) -> Split:
+    """Labels to the task's dtype and shape; class count."""
+    if cfg.task == "classification":
+        y_train, y_test = y_train.reshape(-1).long(), y_test.reshape(-1).long()
+        n_classes = int(max(y_train.max(), y_test.max())) + 1
+        if cfg.loss == "bce":
+            y_train, y_test = y_train.float().reshape(-1, 1), y_test.float().reshape(-1, 1)
+        return Split(x_train, y_train, x_test, y_test, n_classes=n_classes)
+    y_train, y_test = y_train.float(), y_test.float()
+    if y_train.dim() == 1:
+        y_train, y_test = y_train.reshape(-1, 1), y_test.reshape(-1, 1)
+    return Split(x_train, y_train, x_test, y_test)
+
+
 def build_split(cfg: RunConfig) -> Split:
-    """Generate the configured data and split it the way ``torch.utils.data.random_split`` does."""
+    """Generate or load the configured data and split it the way ``random_split`` does."""
     import torch
 
     d = cfg.data
     torch.manual_seed(d.seed)
+    if d.source == "factory":
+        return _from_factory(cfg)
+    if d.source == "csv":
+        features, labels, _ = read_csv(cfg)
+        x = torch.tensor(features, dtype=torch.float32)
+        if cfg.task == "classification":
+            indices, _ = _class_indices([row[0] for row in labels])
+            y = torch.tensor(indices, dtype=torch.long)
+        else:
+            y = torch.tensor(labels, dtype=torch.float32)
+        x_train, y_train, x_test, y_test = _random_split(x, y, d.train_fraction)
+        if d.standardize:
+            mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-12)
+            x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+        return _finish(cfg, x_train, y_train, x_test, y_test)
     if cfg.task == "classification":
         x, y = lesson_classification(d.rows_per_class, d.features, d.classes, d.class_gap, d.class_std)
     else:
         x, y = lesson_regression(d.rows, d.weights, d.degree, d.noise)
-    n_train = int(len(x) * d.train_fraction)
-    # random_split(lengths) draws one permutation from the global RNG: first n_train rows train.
-    order = torch.randperm(len(x))
-    train_idx, test_idx = order[:n_train], order[n_train:]
-    return Split(x[train_idx], y[train_idx], x[test_idx], y[test_idx])
+    x_train, y_train, x_test, y_test = _random_split(x, y, d.train_fraction)
+    return Split(x_train, y_train, x_test, y_test, n_classes=d.classes if cfg.task == "classification" else 0)
 
 
 def epoch_order(n: int, shuffle_seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -60,11 +60,14 @@ class Diverged(RuntimeError):
 
 
 def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if pred.shape[-1] == 1:  # one logit: binary classification (bce)
+        return ((pred > 0).float() == y).float().mean()
     return (pred.argmax(dim=1) == y).float().mean()
 
 
 def _loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return {"mse": nn.functional.mse_loss, "cross-entropy": nn.functional.cross_entropy,
+            "bce": nn.functional.binary_cross_entropy_with_logits,
             "l1": nn.functional.l1_loss, "huber": nn.functional.huber_loss}[name]
 
 
@@ -100,7 +103,7 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(device or cfg.train.device)
         split = data_mod.build_split(cfg)
-        self.model = build_model(cfg, split.in_features).to(self.device)
+        self.model = build_model(cfg, split.in_features, split.out_features(cfg)).to(self.device)
         self.split = split.to(self.device)
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         threads = cfg.train.threads or (1 if self.n_params < SMALL_MODEL_PARAMS else torch.get_num_threads())
@@ -111,12 +114,13 @@ class Trainer:
         self.metric_fn = _metric_fn(cfg.metric)
         self.metric_mode = "max" if cfg.metric == "accuracy" else "min"
         self.batch_size = cfg.train.batch_size
-        self.batches_per_epoch = data_mod.batches_per_epoch(len(self.split.x_train), self.batch_size)
+        self.batches_per_epoch = data_mod.batches_per_epoch(self.split.n_train, self.batch_size)
         # Eval mode is per-row, so train and test go through one forward pass (half the op dispatches,
         # which dominate for small models) unless the copy would be large.
         s = self.split
-        small = (s.x_train.numel() + s.x_test.numel()) * s.x_train.element_size() <= EVAL_CONCAT_BYTES
+        small = s.in_memory and (s.x_train.numel() + s.x_test.numel()) * s.x_train.element_size() <= EVAL_CONCAT_BYTES
         self._x_eval = torch.cat([s.x_train, s.x_test]) if small else None
+        self._loaders = None if s.in_memory else _Loaders(s, self.batch_size, self.device)
         self._loss_is_metric = cfg.loss == cfg.metric
         self.global_step = 0
         self.runner: ScheduleRunner | None = None
@@ -137,20 +141,27 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     # -- training ----------------------------------------------------------------------------
+    def _batches(self):
+        """This epoch's (x, y) batches: slices of one gathered copy, or a DataLoader over a Dataset."""
+        order = data_mod.epoch_order(self.split.n_train, self.cfg.train.shuffle_seed, self.global_step,
+                                     self.device if self._loaders is None else "cpu")
+        if self._loaders is not None:
+            return self._loaders.train(order)
+        xs, ys = self.split.x_train[order], self.split.y_train[order]  # one gather, then contiguous slices
+        bs = self.batch_size
+        return ((xs[b * bs:(b + 1) * bs], ys[b * bs:(b + 1) * bs]) for b in range(self.batches_per_epoch))
+
     def _run_batches(self, on_batch_end: Callable[[int, int], None] | None) -> list[float] | None:
         """One epoch of optimizer steps. No host syncs in here (tests enforce it)."""
         model, optimizer, loss_fn, runner = self.model, self.optimizer, self.loss_fn, self.runner
-        x, y = self.split.x_train, self.split.y_train
-        order = data_mod.epoch_order(len(x), self.cfg.train.shuffle_seed, self.global_step, self.device)
-        xs, ys = x[order], y[order]  # one gather per epoch, then contiguous slices
-        bs, nb = self.batch_size, self.batches_per_epoch
+        nb = self.batches_per_epoch
         batch_lrs = [] if runner is not None and runner.per_batch else None
         params = self._params
         model.train()
-        for b in range(nb):
+        for b, (x, y) in enumerate(self._batches()):
             if batch_lrs is not None:
                 batch_lrs.append(optimizer.param_groups[0]["lr"])
-            loss = loss_fn(model(xs[b * bs:(b + 1) * bs]), ys[b * bs:(b + 1) * bs])
+            loss = loss_fn(model(x), y)
             # zero_grad(set_to_none=True) without its per-call profiler context: same effect, cheaper.
             for p in params:
                 p.grad = None
@@ -167,13 +178,16 @@ class Trainer:
         s = self.split
         self.model.eval()
         with torch.inference_mode():
-            if self._x_eval is not None:
+            if self._loaders is not None:
+                values = self._loaders.evaluate(self.model, self.metric_fn, self.loss_fn)
+            elif self._x_eval is not None:
                 pred_train, pred_test = self.model(self._x_eval).split([len(s.x_train), len(s.x_test)])
             else:
                 pred_train, pred_test = self.model(s.x_train), self.model(s.x_test)
-            train, test = self.metric_fn(pred_train, s.y_train), self.metric_fn(pred_test, s.y_test)
-            loss = train if self._loss_is_metric else self.loss_fn(pred_train, s.y_train)
-            values = torch.stack([train, test, loss]).tolist()
+            if self._loaders is None:
+                train, test = self.metric_fn(pred_train, s.y_train), self.metric_fn(pred_test, s.y_test)
+                loss = train if self._loss_is_metric else self.loss_fn(pred_train, s.y_train)
+                values = torch.stack([train, test, loss]).tolist()
         self.model.train()
         return values[0], values[1], values[2]
 
@@ -231,3 +245,53 @@ class Trainer:
 
 def record_dict(record: EpochRecord) -> dict[str, Any]:
     return asdict(record)
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """Yields the order set for the current epoch (iterated in the main process, so workers need no state)."""
+
+    def __init__(self, n: int) -> None:
+        self.order: list[int] = list(range(n))
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class _Loaders:
+    """DataLoaders (with workers) for Datasets that are not in-memory tensors."""
+
+    def __init__(self, split: data_mod.Split, batch_size: int, device: torch.device) -> None:
+        from torch.utils.data import DataLoader
+
+        workers = min(2, torch.get_num_threads(), max(1, (len(split.train_set) // batch_size) // 4))
+        self.device = device
+        self.sampler = _EpochSampler(len(split.train_set))
+        common = {"batch_size": batch_size, "num_workers": workers, "persistent_workers": workers > 0,
+                  "pin_memory": device.type == "cuda"}
+        self.train_loader = DataLoader(split.train_set, sampler=self.sampler, **common)
+        self.eval_loaders = [DataLoader(s, shuffle=False, **common) for s in (split.train_set, split.test_set)]
+
+    def train(self, order: torch.Tensor):
+        self.sampler.order = order.tolist()
+        for x, y in self.train_loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def evaluate(self, model: nn.Module, metric_fn, loss_fn) -> list[float]:
+        """Full-set metrics as sums of per-batch means weighted by batch size, read once."""
+        totals = []
+        for i, loader in enumerate(self.eval_loaders):
+            metric_sum = loss_sum = torch.zeros((), device=self.device)
+            count = 0
+            for x, y in loader:
+                x, y = x.to(self.device), y.to(self.device)
+                pred = model(x)
+                metric_sum = metric_sum + metric_fn(pred, y) * len(x)
+                if i == 0:
+                    loss_sum = loss_sum + loss_fn(pred, y) * len(x)
+                count += len(x)
+            totals += [metric_sum / count] + ([loss_sum / count] if i == 0 else [])
+        train, loss, test = totals
+        return torch.stack([train, test, loss]).tolist()

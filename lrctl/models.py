@@ -59,9 +59,28 @@ class MLP(nn.Module):
         return x
 
 
-def build_model(cfg: RunConfig, in_features: int) -> nn.Module:
+def build_model(cfg: RunConfig, in_features: int, out_features: int = 1) -> nn.Module:
     """Seed the global RNG with ``model.seed`` and build the configured model (the lesson does the same)."""
     m = cfg.model
-    out = cfg.data.classes if cfg.task == "classification" else 1
     torch.manual_seed(m.seed)
-    return MLP([in_features, *m.hidden, out], m.activation, m.batch_norm, m.dropout)
+    if m.kind == "factory":
+        return _from_factory(m.factory, in_features, out_features)
+    return MLP([in_features, *m.hidden, out_features], m.activation, m.batch_norm, m.dropout)
+
+
+def _from_factory(spec: str, in_features: int, out_features: int) -> nn.Module:
+    import inspect
+
+    from lrctl._factory import load_callable
+    from lrctl.config import ConfigError
+
+    fn = load_callable(spec, "model.factory")
+    params = inspect.signature(fn).parameters
+    offered = {"in_features": in_features, "out_features": out_features}
+    kwargs = {k: v for k, v in offered.items() if k in params or any(p.kind == p.VAR_KEYWORD for p in params.values())}
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.factory: {spec!r} returned {type(model).__name__}; expected a torch.nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"model.factory: {spec!r} returned a model with no trainable parameters")
+    return model

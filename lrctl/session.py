@@ -90,6 +90,7 @@ class RunSession:
             else:
                 frozen, _ = _read_frozen_config(store)
                 changes = config_mod.diff(frozen, cfg)
+                runtime = config_mod.diff(frozen, cfg, runtime=True)
                 if changes and not force_config:
                     raise RunError(f"run '{name}' was created with a different config:\n  " + "\n  ".join(changes)
                                    + "\nuse the run's own config (omit --config/--set), another --run name, "
@@ -99,7 +100,9 @@ class RunSession:
                                                           f"{_now()} with --force-config."))
                     store.journal("config_changed", durable=True, changes=changes)
                 elif not force_config:
-                    cfg = frozen
+                    cfg = config_mod.with_runtime_of(frozen, cfg)
+                if runtime:
+                    store.journal("runtime_settings", changes=runtime)
         except BaseException:
             store.close()
             raise
@@ -109,12 +112,15 @@ class RunSession:
         store.journal("session_start", new=is_new, config=config_origin)
         return session
 
-    def load(self) -> None:
-        """Import torch, build the model and data, restore the latest good checkpoint, open TensorBoard."""
+    def load(self, trainer: Trainer | None = None) -> None:
+        """Import torch, build the model and data, restore the latest good checkpoint, open TensorBoard.
+
+        ``trainer``: one already built from this config (the CLI builds user data/models before
+        creating the run directory, to report their errors first)."""
         from lrctl.engine import Trainer
         from lrctl.tblog import TensorBoardLogger
 
-        trainer = Trainer(self.cfg)
+        trainer = trainer or Trainer(self.cfg)
         had_events = any(p.name.startswith("events.out.tfevents") for p in self.store.dir.iterdir())
         if self.store.has_checkpoint():
             loaded = self.store.load_checkpoint()
