@@ -8,6 +8,12 @@
     $ lrctl resume demo                       # finish interrupted work, then prompt
     $ lrctl runs                              # a table of runs and their state
     $ lrctl schedule "cos 0.03 min=1e-4" --epochs 30
+    $ lrctl find-lr --run demo                # lr range test from the run's state (run unchanged)
+    $ lrctl plot demo other --png curves.png  # terminal chart (and a PNG)
+    $ lrctl compare --plans "60@0.03" "30@0.03;30@0.01" --seeds 24,25
+    $ lrctl fork demo demo-b --at 30          # a new run from a kept checkpoint
+    $ lrctl export demo --csv demo.csv --model demo.pt
+    $ lrctl tb                                # TensorBoard on 127.0.0.1
 
 Exit codes: 0 done, 1 error (message on stderr), 2 bad usage, 130 a --plan interrupted by Ctrl-C
 (saved; ``lrctl resume`` finishes it).
@@ -30,7 +36,7 @@ from lrctl.schedules import parse as parse_schedule
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_CONFIG = Path("configs/lesson.toml")
 DEFAULT_RUNS_DIR = Path("runs")
-COMMANDS = ("train", "resume", "runs", "schedule")
+COMMANDS = ("train", "resume", "runs", "schedule", "find-lr", "plot", "compare", "fork", "export", "tb")
 
 
 def parse_plan(text: str) -> list[tuple[int, str]]:
@@ -57,6 +63,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help="where runs live (default ./runs)")
     p.add_argument("--save-every", type=float, default=None, metavar="SECONDS",
                    help="checkpoint at an epoch end when this many seconds have passed (default 5; 0 = every epoch)")
+    p.add_argument("--keep-checkpoints", type=int, default=10, metavar="K",
+                   help="keep the checkpoints of the last K chunk boundaries, for undo and fork --at (default 10)")
+    p.add_argument("--tb", action="store_true", help="start TensorBoard beside the prompt (stopped on exit)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +91,36 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("expression", help='e.g. "exp 0.05 gamma=0.95"')
     schedule.add_argument("--epochs", type=int, required=True)
     schedule.add_argument("--batches-per-epoch", type=int, default=14)
+    find = sub.add_parser("find-lr", help="lr range test from a run's current state; the run is not changed")
+    find.add_argument("--run", default="default")
+    find.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    find.add_argument("--start", type=float, default=1e-6)
+    find.add_argument("--end", type=float, default=1.0)
+    find.add_argument("--batches", type=int, default=100)
+    plot = sub.add_parser("plot", help="train/test metric and lr of runs against the global epoch")
+    plot.add_argument("runs", nargs="+")
+    plot.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    plot.add_argument("--png", type=Path, default=None, help="also write the figure to this PNG file")
+    compare = sub.add_parser("compare", help="train several plans from the same initial state, over seeds")
+    compare.add_argument("--plans", nargs="+", default=None, help='e.g. "60@0.03" "30@0.03;30@0.01"')
+    compare.add_argument("--seeds", default=None, help="model seeds, e.g. 24,25,26")
+    compare.add_argument("--name", default="compare", help="the group's folder under the runs directory")
+    compare.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    compare.add_argument("--config", type=Path, default=None)
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    fork = sub.add_parser("fork", help="copy a run into a new one, from its latest or a kept checkpoint")
+    fork.add_argument("run")
+    fork.add_argument("new")
+    fork.add_argument("--at", type=int, default=None, metavar="EPOCH", help="a kept chunk-boundary epoch")
+    fork.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    export = sub.add_parser("export", help="a run's per-epoch records as CSV and/or its model state_dict")
+    export.add_argument("run")
+    export.add_argument("--csv", type=Path, default=None)
+    export.add_argument("--model", type=Path, default=None)
+    export.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    tb = sub.add_parser("tb", help="start TensorBoard for the runs directory on 127.0.0.1")
+    tb.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    tb.add_argument("--port", type=int, default=None)
     return parser
 
 
@@ -95,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_runs(args)
         if args.command == "schedule":
             return cmd_schedule(args)
+        if args.command in ("find-lr", "plot", "compare", "fork", "export", "tb"):
+            from lrctl import tools
+
+            return getattr(tools, "cmd_" + args.command.replace("-", "_"))(args)
         return cmd_train(args)
     except (RunError, config_mod.ConfigError) as e:
         print(f"lrctl: {e}", file=sys.stderr)
@@ -191,31 +234,47 @@ def cmd_train(args: argparse.Namespace) -> int:
         prebuilt = Trainer(cfg)
     view = View()
     session = RunSession.open(args.runs_dir, run_name, cfg, force_config=getattr(args, "force_config", False),
-                              save_every=save_every, observer=view, config_origin=origin)
+                              save_every=save_every, observer=view, config_origin=origin,
+                              keep=args.keep_checkpoints)
     view.on_closed = session.request_stop
     logdir = str(args.runs_dir / run_name)
+    board = None
+    if args.tb:
+        from lrctl.tb import TensorBoard
+
+        board = TensorBoard(args.runs_dir)
+        try:
+            logdir = board.start()
+        except RuntimeError as e:
+            view.warn(f"TensorBoard did not start: {e}")
+            board = None
     view.banner(run_name, session.is_new, session.store.summary(), session.cfg.describe(), logdir)
     for problem in session.store.check_checkpoints()[1]:
         view.warn(problem)
     loader = _Loader(session, prebuilt)
     code, reason = EXIT_OK, "quit"
+    holder = [session]  # the REPL may continue in a fork
     try:
         if plan is not None:
             code, reason = _run_plan(session, plan, loader, view)
         else:
-            code, reason = _run_repl(session, loader, view, finish=resuming)
+            code, reason = _run_repl(holder, loader, view, finish=resuming, tb_url=board.url if board else None)
     except KeyboardInterrupt:
         reason = "interrupt"
         code = EXIT_INTERRUPTED if plan is not None else EXIT_OK
     finally:
         loader.start()  # even a session quit at once writes its initial checkpoint
         loader.thread.join()
+        session = holder[0]
         if session.trainer is not None:
             session.close(reason)
         else:
             session.store.close()
+        if board is not None:
+            board.stop()
     if loader.error is not None:
         raise loader.error
+    run_name = session.store.name
     step = session.global_step
     where = "" if args.runs_dir == DEFAULT_RUNS_DIR else f" --runs-dir {args.runs_dir}"
     view.say(f"saved run '{run_name}' at epoch {step} · resume with: lrctl --run {run_name}{where}")
@@ -243,16 +302,21 @@ def _run_plan(session, plan, loader: _Loader, view) -> tuple[int, str]:
     return EXIT_OK, "plan done"
 
 
-def _run_repl(session, loader: _Loader, view, finish: bool) -> tuple[int, str]:
+def _run_repl(holder: list, loader: _Loader, view, finish: bool, tb_url: str | None) -> tuple[int, str]:
     from lrctl.repl import PlainAsker, Repl, TerminalAsker
 
+    session = holder[0]
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     repl = Repl(session, view, None, loader.wait, on_first_prompt=loader.start)  # type: ignore[arg-type]
+    repl.tb_url = tb_url
     if interactive:
         repl.asker = TerminalAsker(session.store.dir / ".history", repl.toolbar)
     else:
         repl.asker = PlainAsker(sys.stdin, sys.stdout)
-    reason = repl.run(finish_pending=finish)
+    try:
+        reason = repl.run(finish_pending=finish)
+    finally:
+        holder[0] = repl.session
     loader.wait()
     return EXIT_OK, reason
 

@@ -61,7 +61,27 @@ class Status:
     pass
 
 
-Command = Answer | Invalid | Help | Quit | Preview | Status
+@dataclass(frozen=True)
+class Undo:
+    pass
+
+
+@dataclass(frozen=True)
+class Fork:
+    name: str
+
+
+@dataclass(frozen=True)
+class Plot:
+    pass
+
+
+@dataclass(frozen=True)
+class Find:
+    pass
+
+
+Command = Answer | Invalid | Help | Quit | Preview | Status | Undo | Fork | Plot | Find
 
 _YES, _NO = {"y", "yes"}, {"n", "no"}
 _QUIT = {"q", "quit", "exit"}
@@ -71,7 +91,9 @@ lrctl asks three questions per chunk of training:
   Continue training? [y/n]   y trains another chunk; n (or Ctrl-D, quit) saves the run and exits
   Epochs:                    how many epochs this chunk trains (a whole number >= 1)
   Learning rate:             a number (0.03) or a schedule (type help there for the list)
-At any prompt: help, status (where the run stands), quit. Empty answer = your previous answer.
+At any prompt: help, status (where the run stands), plot (curves of the run), undo (back to where the
+last chunk began), fork NAME (continue in a copy of this run), quit. Empty answer = your previous answer.
+At Learning rate: also find (an lr range test from the current state; its suggestion becomes the default).
 During a chunk: Ctrl-C stops after the current epoch (kept and saved); Ctrl-C twice abandons it.
 Up-arrow recalls earlier answers. Curves: tensorboard --logdir runs"""
 
@@ -97,6 +119,15 @@ def parse(question: Question, text: str, previous: Any = None) -> Command:
         return Quit()
     if word == "status":
         return Status()
+    if word == "undo":
+        return Undo()
+    if word == "plot":
+        return Plot()
+    if word == "fork" or word.startswith("fork "):
+        name = stripped[4:].strip()
+        return Fork(name) if name else Invalid("fork needs a name for the new run, e.g. fork try-0.01")
+    if word == "find" and question is Question.LR:
+        return Find()
     if question in (Question.CONTINUE, Question.FINISH):
         return _yes_no(text)
     if not stripped:
@@ -147,7 +178,7 @@ def completions(text: str) -> list[str]:
     current = tokens[-1]
     earlier = [t for t in tokens[:-1] if not t.startswith("warmup=")]
     if not earlier or earlier == ["preview"]:
-        words = [n for n in FAMILIES if n != "const"] + ["warmup=", "preview", "help"]
+        words = [n for n in FAMILIES if n != "const"] + ["warmup=", "preview", "find", "help"]
         return [w for w in words if w.startswith(current)]
     family = FAMILIES.get(earlier[-1] if earlier[0] == "preview" and len(earlier) == 2 else earlier[0].lower())
     if family is None and len(earlier) > 1:

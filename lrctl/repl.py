@@ -153,6 +153,7 @@ class Repl:
                  on_first_prompt: Callable[[], None] | None = None) -> None:
         self.session, self.view, self.asker, self.ready = session, view, asker, ready
         self.on_first_prompt = on_first_prompt
+        self.tb_url: str | None = None
         self.last_epochs: int | None = None
         self.last_expression: str | None = None
 
@@ -162,7 +163,8 @@ class Repl:
         last = s.get("last") or {}
         return (f" {self.session.store.name} · epoch {s.get('global_step', 0)} · train_{metric} "
                 f"{fmt_metric(last.get('train'))} · test_{metric} {fmt_metric(last.get('test'))} · "
-                f"lr {fmt_lr(s.get('lr'))} · help: ? ")
+                f"lr {fmt_lr(s.get('lr'))} · " + (f"TensorBoard {self.tb_url} · " if self.tb_url else "")
+                + "help: ? ")
 
     def run(self, finish_pending: bool = False) -> str:
         """Ask until the user is done. Returns why it ended: quit, eof, interrupt or closed."""
@@ -239,6 +241,55 @@ class Repl:
                 self.view.say(self.toolbar().strip())
             elif isinstance(command, commands.Preview):
                 self._preview(command)
+            elif isinstance(command, commands.Find):
+                suggestion = self._find()
+                if suggestion is not None:
+                    previous, placeholder = suggestion, suggestion
+            else:
+                self._run_command(command)
+
+    def _run_command(self, command: commands.Command) -> None:
+        """undo, fork NAME, plot: available at every prompt."""
+        from lrctl.runstore import RunError
+
+        self._wait()
+        try:
+            if isinstance(command, commands.Undo):
+                current, target = self.session.undo()
+                self.view.say(f"undone: back from epoch {current} to {target}, where the last chunk began "
+                              f"(TensorBoard hides epochs {target}..{current - 1} until they are trained again)")
+            elif isinstance(command, commands.Fork):
+                old = self.session.store.name
+                self.session = self.session.fork(command.name)
+                self.view.say(f"forked: run '{old}' stays at epoch {self.session.global_step}; you now train "
+                              f"run '{command.name}' (TensorBoard: both, sharing history up to here)")
+            elif isinstance(command, commands.Plot):
+                from lrctl.plots import RunCurves, terminal_chart
+
+                curves = RunCurves(self.session.store.name, self.session.metric, self.session.trainer.history,
+                                   self.session.chunks)
+                self.view.say(terminal_chart([curves]) if curves.history else "nothing to plot yet")
+        except RunError as e:
+            self.view.warn(str(e))
+
+    def _find(self) -> str | None:
+        """The lr range test from the current state; returns the suggestion as the lr prompt's default."""
+        self._wait()
+        from lrctl.lrfind import log_sweep, range_test
+        from lrctl.plots import lr_chart
+
+        trainer = self.session.trainer
+        try:
+            result = range_test(trainer)
+        except ValueError as e:
+            self.view.warn(str(e))
+            return None
+        logdir = log_sweep(self.session.store.runs_dir, self.session.store.name, trainer.global_step, result)
+        marks = {"valley": result.valley, "steepest": result.steepest}
+        self.view.say(lr_chart(result.lrs, result.losses, marks))
+        self.view.say(f"suggested lr: {result.valley:.3g} (valley); steepest descent at {result.steepest:.3g}. "
+                      f"Press Enter to use the suggestion. Sweep in TensorBoard: {logdir}")
+        return f"{result.valley:.3g}"
 
     def _preview(self, command: commands.Preview) -> None:
         self._wait()

@@ -39,6 +39,9 @@ JOURNAL_FILE = "journal.jsonl"
 LOCK_FILE = "lock"
 LOCK_INFO_FILE = "lock.json"
 HISTORY_DIR = ".history"
+KEPT_DIR = "kept"
+DEFAULT_KEEP = 10
+_COPIED = (CONFIG_FILE, CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, CHECKPOINT_META_FILE, JOURNAL_FILE)
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
 
@@ -333,6 +336,52 @@ class RunStore:
             return LoadedCheckpoint(state, path, warnings)
         raise RunError(f"run '{self.name}' has no loadable checkpoint: " + "; ".join(warnings)
                        + f". Nothing was deleted; inspect {self.dir}")
+
+    # -- kept epoch checkpoints -------------------------------------------------------------------
+    def keep_checkpoint(self, step: int, keep: int = DEFAULT_KEEP) -> None:
+        """Keep the latest checkpoint as ``kept/step-XXXXXXXX.pt`` (a hard link: no extra disk), newest ``keep``."""
+        kept = self.dir / KEPT_DIR
+        kept.mkdir(exist_ok=True)
+        target = kept / f"step-{step:08d}.pt"
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+        try:
+            os.link(self.dir / CHECKPOINT_FILE, target)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(self.dir / CHECKPOINT_FILE, target)
+        for old in sorted(kept.glob("step-*.pt"))[:-keep] if keep > 0 else []:
+            old.unlink()
+
+    def kept_steps(self) -> list[int]:
+        return sorted(int(p.stem[5:]) for p in (self.dir / KEPT_DIR).glob("step-*.pt"))
+
+    def load_kept(self, step: int) -> dict[str, Any]:
+        """The kept checkpoint at ``step`` (weights_only), or RunError listing the kept steps."""
+        import torch
+
+        path = self.dir / KEPT_DIR / f"step-{step:08d}.pt"
+        if not path.exists():
+            kept = ", ".join(map(str, self.kept_steps())) or "none"
+            raise RunError(f"run '{self.name}' keeps no checkpoint at epoch {step} (kept: {kept})")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise RunError(f"{path} cannot be loaded ({type(e).__name__}: {str(e)[:120]})") from None
+
+    def copy_to(self, other: RunStore) -> None:
+        """Copy this run's files (config, checkpoints, journal, kept, TensorBoard) into a new run ``other``."""
+        import shutil
+
+        for name in _COPIED:
+            if (self.dir / name).exists():
+                shutil.copy2(self.dir / name, other.dir / name)
+        for path in self.dir.iterdir():
+            if path.name.startswith("events.out.tfevents"):
+                shutil.copy2(path, other.dir / path.name)
+            elif path.is_dir() and path.name in (KEPT_DIR, "batch"):
+                shutil.copytree(path, other.dir / path.name, dirs_exist_ok=True)
 
     def summary(self) -> dict[str, Any]:
         """What the latest checkpoint says (global step, last record, lr), read without torch."""

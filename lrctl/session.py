@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lrctl import config as config_mod
-from lrctl.runstore import Pending, RunError, RunStore
+from lrctl.runstore import DEFAULT_KEEP, Pending, RunError, RunStore
 from lrctl.schedules import ScheduleSpec, parse
 
 if TYPE_CHECKING:
@@ -60,8 +60,10 @@ class RunSession:
     """One open run. Use :meth:`open`, then :meth:`load`, then commands, then :meth:`close`."""
 
     def __init__(self, store: RunStore, cfg: config_mod.RunConfig, is_new: bool,
-                 save_every: float = DEFAULT_SAVE_EVERY, observer: Observer | None = None) -> None:
-        self.store, self.cfg, self.is_new, self.save_every = store, cfg, is_new, save_every
+                 save_every: float = DEFAULT_SAVE_EVERY, observer: Observer | None = None,
+                 keep: int = DEFAULT_KEEP) -> None:
+        self.store, self.cfg, self.is_new, self.save_every, self.keep = store, cfg, is_new, save_every, keep
+        self.chunks: list[dict[str, Any]] = []  # {start, end, expr} of every chunk trained, for plots and undo
         self.observer = observer or Observer()
         self.trainer: Trainer | None = None
         self.logger: MetricLogger | None = None
@@ -78,7 +80,7 @@ class RunSession:
     @classmethod
     def open(cls, runs_dir: Path, name: str, cfg: config_mod.RunConfig, *, force_config: bool = False,
              save_every: float = DEFAULT_SAVE_EVERY, observer: Observer | None = None,
-             config_origin: str = "") -> RunSession:
+             config_origin: str = "", keep: int = DEFAULT_KEEP) -> RunSession:
         """Lock the run and settle its config. No torch. Raises RunError/RunLocked."""
         store = RunStore(runs_dir, name)
         is_new = not store.exists
@@ -106,7 +108,7 @@ class RunSession:
         except BaseException:
             store.close()
             raise
-        session = cls(store, cfg, is_new, save_every, observer)
+        session = cls(store, cfg, is_new, save_every, observer, keep)
         if note:
             session.load_warnings.append(note)
         store.journal("session_start", new=is_new, config=config_origin)
@@ -126,13 +128,14 @@ class RunSession:
             loaded = self.store.load_checkpoint()
             self.load_warnings += loaded.warnings
             trainer.load_state_dict(loaded.state)
+            self.chunks = list(loaded.state.get("chunks") or [])
             self.saved_step = trainer.global_step
         self.trainer = trainer
         self._opened_step = trainer.global_step
         # Steps after the checkpoint (a crash, a kill) are hidden now and rewritten identically.
         self.logger = TensorBoardLogger(self.store.dir, purge_step=trainer.global_step if had_events else None)
         if self.saved_step is None:
-            self.save()  # the initial state: every later rollback and resume has a base
+            self.save(keep=True)  # the initial state: every later rollback, undo and resume has a base
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -156,12 +159,13 @@ class RunSession:
         t = self.trainer
         if t is None:
             return self.store.summary()
-        last = t.history[-1] if t.history else None
-        return {"global_step": t.global_step, "lr": t.lr if t.runner is not None else None, "metric": self.metric,
-                "last": {"train": last["train"], "test": last["test"]} if last else None}
+        return state_summary({"global_step": t.global_step, "history": t.history,
+                              "lr": t.lr if t.runner is not None else None}, self.metric)
 
-    def save(self) -> None:
-        """Checkpoint now (TensorBoard events first, so the checkpoint never covers scalars not on disk)."""
+    def save(self, keep: bool = False) -> None:
+        """Checkpoint now (TensorBoard events first, so the checkpoint never covers scalars not on disk).
+
+        ``keep``: also keep it as this epoch's checkpoint (chunk boundaries: undo and fork --at use them)."""
         assert self.trainer is not None
         self.in_critical = True
         try:
@@ -170,9 +174,12 @@ class RunSession:
                     logger.flush(durable=True)
             state = self.trainer.state_dict()
             state["config"] = config_mod.to_dict(self.cfg)
+            state["chunks"] = [dict(c) for c in self.chunks]
             pending = self.store.read_pending()
             state["pending"] = {"chunks": pending.chunks, "source": pending.source} if pending else None
             self.store.save_checkpoint(state, {**self.summary(), "saved_at": _now()})
+            if keep:
+                self.store.keep_checkpoint(self.trainer.global_step, self.keep)
             self.saved_step = self.trainer.global_step
             self._last_save = time.monotonic()
         finally:
@@ -258,6 +265,9 @@ class RunSession:
         end = chunk["start"] + chunk["epochs"]
         todo = end - trainer.global_step
         store.journal("chunk_start", step=trainer.global_step, end=end, expr=chunk["expr"])
+        if not self.chunks or self.chunks[-1]["start"] != chunk["start"]:
+            self.chunks.append({"start": chunk["start"], "end": chunk["start"], "expr": chunk["expr"]})
+            self.log_intervention(f"chunk: {chunk['epochs']} epochs of `{chunk['expr']}`", chunk["start"])
         self.observer.chunk_started(trainer.global_step, todo, chunk["expr"], trainer.batches_per_epoch)
         try:
             trainer.fit_rec(todo, on_epoch_end=self._epoch_done,
@@ -280,7 +290,7 @@ class RunSession:
                           rolled_back_to=trainer.global_step)
             self.observer.chunk_ended(outcome)
             return outcome
-        self.save()
+        self.save(keep=True)
         if trainer.global_step < end:
             outcome = ChunkOutcome("stopped", trainer.global_step, detail=f"{end - trainer.global_step} epochs left")
             store.journal("interrupted", durable=True, how="stop", step=trainer.global_step,
@@ -293,6 +303,7 @@ class RunSession:
         return outcome
 
     def _epoch_done(self, record: EpochRecord) -> None:
+        self.chunks[-1]["end"] = record.step + 1
         metric = self.metric
         self.logger.log_dict({f"train_{metric}": record.train, f"test_{metric}": record.test, "lr": record.lr},
                              record.step)
@@ -323,12 +334,66 @@ class RunSession:
         """Go back to the last checkpoint (after an abandoned or diverged epoch)."""
         loaded = self.store.load_checkpoint()
         self.trainer.load_state_dict(loaded.state)
+        self.chunks = list(loaded.state.get("chunks") or [])
         self.saved_step = self.trainer.global_step
         self.logger.purge(self.trainer.global_step)
         self.logger.flush()
         if self._batch_logger is not None:
             self._batch_logger.purge(self.trainer.global_step * self.trainer.batches_per_epoch)
             self._batch_logger.flush()
+
+    def log_intervention(self, text: str, step: int | None = None) -> None:
+        """A human decision, as a TensorBoard text entry at its global step (the curves explain themselves)."""
+        if self.logger is not None:
+            self.logger.log_text("interventions", text, self.global_step if step is None else step)
+            self.logger.flush()
+
+    def undo(self) -> tuple[int, int]:
+        """Roll back to where the last chunk began: model, optimizer, schedule, step; TensorBoard hides the rest.
+
+        Returns (from_step, to_step)."""
+        if not self.chunks:
+            raise RunError("nothing to undo: no chunk has been trained yet")
+        target, current = self.chunks[-1]["start"], self.global_step
+        state = self.store.load_kept(target)
+        self.trainer.load_state_dict(state)
+        self.chunks = list(state.get("chunks") or [])
+        self.drop_pending("undo")
+        self.logger.purge(target)
+        if self._batch_logger is not None:
+            self._batch_logger.purge(target * self.trainer.batches_per_epoch)
+        self.save(keep=True)
+        self.store.journal("undo", durable=True, from_step=current, to_step=target)
+        self.log_intervention(f"undo: back from epoch {current} to {target}", target)
+        return current, target
+
+    def fork(self, name: str) -> RunSession:
+        """Copy this run (state, history, TensorBoard) into a new run ``name`` and continue there.
+
+        Returns the new session; this one is closed."""
+        from lrctl.tblog import TensorBoardLogger
+
+        new_store = RunStore(self.store.runs_dir, name)
+        if new_store.exists:
+            raise RunError(f"run '{name}' exists already; pick another name")
+        self.save(keep=True)
+        new_store.acquire()
+        try:
+            self.store.copy_to(new_store)
+            new_store.journal("forked", durable=True, source=self.store.name, step=self.global_step)
+        except BaseException:
+            new_store.close()
+            raise
+        self.store.journal("fork", to=name, step=self.global_step)
+        self.log_intervention(f"fork: continued as run '{name}'")
+        new = RunSession(new_store, self.cfg, False, self.save_every, self.observer, self.keep)
+        new.trainer, new.chunks, new.saved_step = self.trainer, self.chunks, self.saved_step
+        new._opened_step = self.global_step
+        new.logger = TensorBoardLogger(new_store.dir, purge_step=self.global_step)
+        new.log_intervention(f"forked from run '{self.store.name}' at epoch {self.global_step}")
+        self.trainer = None  # now the new run's; closing this one must not save it here
+        self.close("forked")
+        return new
 
     # -- closing -------------------------------------------------------------------------------
     def close(self, reason: str = "quit") -> None:
@@ -342,6 +407,51 @@ class RunSession:
                 if logger is not None:
                     logger.close()
             self.store.close()
+
+
+def state_summary(state: dict[str, Any], metric: str) -> dict[str, Any]:
+    """What a person wants to know of a checkpoint: epoch, last metrics, lr."""
+    history = state.get("history") or []
+    last = history[-1] if history else None
+    return {"global_step": int(state["global_step"]), "lr": state.get("lr") if last else None, "metric": metric,
+            "last": {"train": last["train"], "test": last["test"]} if last else None}
+
+
+def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> int:
+    """``lrctl fork``: copy run ``source`` into new run ``name``, optionally from its kept checkpoint at epoch ``at``.
+
+    Returns the new run's global epoch."""
+    from lrctl.tblog import TensorBoardLogger
+
+    src, dst = RunStore(runs_dir, source), RunStore(runs_dir, name)
+    if not src.exists:
+        raise RunError(f"no run '{source}' in {runs_dir}")
+    if dst.exists:
+        raise RunError(f"run '{name}' exists already; pick another name")
+    src.acquire()
+    try:
+        dst.acquire()
+        try:
+            src.copy_to(dst)
+            cfg, _ = _read_frozen_config(src)
+            if at is None:
+                step = int(src.load_checkpoint().state["global_step"])
+            else:
+                state = src.load_kept(at)
+                for old in ("checkpoint.prev.pt", "checkpoint.json", "checkpoint.pt"):
+                    (dst.dir / old).unlink(missing_ok=True)
+                dst.save_checkpoint(state, state_summary(state, cfg.metric))
+                for step_kept in dst.kept_steps():
+                    if step_kept > at:
+                        (dst.dir / "kept" / f"step-{step_kept:08d}.pt").unlink()
+                step = at
+            TensorBoardLogger(dst.dir, purge_step=step).close()  # TensorBoard hides the source's later steps now
+            dst.journal("forked", durable=True, source=source, step=step)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    return step
 
 
 def _read_frozen_config(store: RunStore) -> tuple[config_mod.RunConfig, str]:

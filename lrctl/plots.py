@@ -1,0 +1,128 @@
+"""Charts of runs: train/test metric and lr against the global epoch, chunk boundaries marked.
+
+In the terminal with plotext (works without a TTY: the chart is a string), or as a PNG with
+matplotlib. Data comes from a run's checkpoint (its history and chunk list), read with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RunCurves:
+    name: str
+    metric: str
+    history: list[dict[str, Any]]
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def steps(self) -> list[int]:
+        return [int(h["step"]) for h in self.history]
+
+    def series(self, key: str) -> list[float]:
+        return [float(h[key]) for h in self.history]
+
+
+def load_curves(runs_dir: Path, name: str) -> RunCurves:
+    from lrctl.runstore import RunError, RunStore
+    from lrctl.session import _read_frozen_config
+
+    store = RunStore(runs_dir, name)
+    if not store.exists:
+        raise RunError(f"no run '{name}' in {runs_dir}")
+    cfg, _ = _read_frozen_config(store)
+    state = store.load_checkpoint().state
+    return RunCurves(name, cfg.metric, list(state.get("history") or []), list(state.get("chunks") or []))
+
+
+def plain(chart: str) -> str:
+    """plotext ends lines with colour resets even when colourless; pipes and logs want none."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", chart)
+
+
+def terminal_chart(runs: list[RunCurves], width: int = 100, height: int = 30) -> str:
+    """Metric (top) and lr (bottom) against the global epoch; dotted verticals at chunk starts."""
+    import plotext as plt
+
+    plt.clear_figure()
+    plt.clear_color()  # plain text: the same chart in a pipe, a log or a terminal
+    plt.plotsize(width, height)
+    plt.subplots(2, 1)
+    top, bottom = plt.subplot(1, 1), plt.subplot(2, 1)
+    top.plotsize(width, int(height * 0.65))
+    bottom.plotsize(width, height - int(height * 0.65))
+    plt.subplot(1, 1)
+    for run in runs:
+        if not run.history:
+            continue
+        label = f"{run.name} " if len(runs) > 1 else ""
+        plt.plot(run.steps, run.series("train"), label=f"{label}train_{run.metric}", marker="braille")
+        plt.plot(run.steps, run.series("test"), label=f"{label}test_{run.metric}", marker="braille")
+        for chunk in run.chunks[1:]:
+            plt.vline(chunk["start"])
+    plt.title(" vs ".join(r.name for r in runs) + f" · {runs[0].metric if runs else ''} by global epoch")
+    plt.subplot(2, 1)
+    for run in runs:
+        if run.history:
+            plt.plot(run.steps, run.series("lr"), label=f"{run.name} lr" if len(runs) > 1 else "lr", marker="braille")
+    plt.xlabel("global epoch")
+    return plain(plt.build())
+
+
+def save_png(runs: list[RunCurves], path: Path) -> None:
+    """The same figure with matplotlib (metric on a log scale when it spans decades)."""
+    try:
+        import matplotlib
+    except ImportError:
+        from lrctl.runstore import RunError
+
+        raise RunError("--png needs matplotlib: pip install 'lrctl[png]' (or pip install matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    fig, (top, bottom) = pyplot.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
+    for run in runs:
+        if not run.history:
+            continue
+        label = f"{run.name} " if len(runs) > 1 else ""
+        top.plot(run.steps, run.series("train"), label=f"{label}train_{run.metric}")
+        top.plot(run.steps, run.series("test"), label=f"{label}test_{run.metric}", linestyle="--")
+        bottom.step(run.steps, run.series("lr"), where="post", label=f"{label}lr")
+        for chunk in run.chunks[1:]:
+            top.axvline(chunk["start"], color="grey", linewidth=0.5, linestyle=":")
+            bottom.axvline(chunk["start"], color="grey", linewidth=0.5, linestyle=":")
+    top.set_ylabel(runs[0].metric if runs else "")
+    if runs and runs[0].metric in ("mse", "mae"):
+        top.set_yscale("log")
+    bottom.set_ylabel("lr")
+    bottom.set_xlabel("global epoch")
+    top.legend()
+    bottom.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot.close(fig)
+
+
+def lr_chart(lrs: list[float], losses: list[float], marks: dict[str, float], width: int = 100,
+             height: int = 22) -> str:
+    """Loss against lr (log scale) for the range test, suggestions marked."""
+    import math
+
+    import plotext as plt
+
+    plt.clear_figure()
+    plt.clear_color()
+    plt.plotsize(width, height)
+    xs = [math.log10(lr) for lr in lrs]
+    plt.plot(xs, losses, marker="braille", label="smoothed loss")
+    for lr in marks.values():
+        plt.vline(math.log10(lr))
+    plt.title("loss vs lr · verticals: " + ", ".join(f"{name} {lr:.2g}" for name, lr in marks.items()))
+    plt.xlabel("log10(lr)")
+    return plain(plt.build())

@@ -1,0 +1,137 @@
+"""The experiment commands around runs: find-lr, plot, compare, fork, export, tb (``lrctl <command>``)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+
+from lrctl import config as config_mod
+from lrctl.runstore import RunError, RunStore
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)  # noqa: T201 - these commands are command-line front ends
+
+
+def cmd_find_lr(args: argparse.Namespace) -> int:
+    from lrctl.engine import Trainer
+    from lrctl.lrfind import log_sweep, range_test
+    from lrctl.plots import lr_chart
+    from lrctl.session import _read_frozen_config
+
+    if not 0 < args.start < args.end or args.batches < 5:
+        _say("lrctl: find-lr needs 0 < --start < --end and --batches >= 5")
+        return 2
+    store = RunStore(args.runs_dir, args.run)
+    if not store.exists:
+        raise RunError(f"no run '{args.run}' in {args.runs_dir}; start it with: lrctl --run {args.run}")
+    cfg, _ = _read_frozen_config(store)
+    trainer = Trainer(cfg)
+    if store.has_checkpoint():
+        trainer.load_state_dict(store.load_checkpoint().state)
+    result = range_test(trainer, args.start, args.end, args.batches)
+    logdir = log_sweep(args.runs_dir, args.run, trainer.global_step, result)
+    _say(lr_chart(result.lrs, result.losses, {"valley": result.valley, "steepest": result.steepest}))
+    _say(f"swept {len(result.lrs)} batches from {args.start:g} to {result.lrs[-1]:.3g}"
+         + (" (stopped: the loss exploded)" if result.stopped_early else ""))
+    _say(f"suggested lr: {result.valley:.3g} (valley) · steepest descent: {result.steepest:.3g}")
+    _say(f"run '{args.run}' is unchanged · sweep in TensorBoard: {logdir}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from lrctl.plots import load_curves, save_png, terminal_chart
+
+    curves = [load_curves(args.runs_dir, name) for name in args.runs]
+    _say(terminal_chart(curves))
+    if args.png is not None:
+        save_png(curves, args.png)
+        _say(f"wrote {args.png}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lrctl.cli import DEFAULT_CONFIG, parse_plan
+    from lrctl.compare import LESSON_PLANS, chart, run_all, summarize
+
+    texts = args.plans or LESSON_PLANS
+    try:
+        plans = [parse_plan(text) for text in texts]
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError as e:
+        _say(f"lrctl: compare: {e}")
+        return 2
+    if len(set(texts)) != len(texts):
+        _say("lrctl: compare: a plan is given twice")
+        return 2
+    RunStore(args.runs_dir, args.name)  # the group name follows the run-name rules
+    path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    cfg, _ = config_mod.load(path)
+    if args.set:
+        cfg = config_mod.with_overrides(cfg, args.set)
+    _say(f"comparing {len(texts)} plans" + (f" over seeds {', '.join(map(str, seeds))}" if seeds else "")
+         + f" · runs in {args.runs_dir / args.name} · tensorboard --logdir {args.runs_dir / args.name}")
+    results = run_all(args.runs_dir, args.name, plans, texts, seeds, cfg, _say)
+    rows = summarize(results, texts, higher_is_better=cfg.metric == "accuracy")
+    m = cfg.metric
+    _say(f"\n{'plan':<32} {'final train_' + m:>16} {'final test_' + m:>16} {'best test_' + m:>16} {'spread':>9}")
+    for r in rows:
+        _say(f"{r.plan:<32} {r.final_train:>16.5g} {r.final_test:>16.5g} {r.best_test:>16.5g} {r.spread_test:>9.3g}")
+    _say("(spread: standard deviation of the final test metric over seeds)\n")
+    _say(chart(results, texts, m))
+    return 0
+
+
+def cmd_fork(args: argparse.Namespace) -> int:
+    from lrctl.session import fork_run
+
+    step = fork_run(args.runs_dir, args.run, args.new, args.at)
+    _say(f"forked run '{args.run}' at epoch {step} into '{args.new}' · continue with: lrctl --run {args.new}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lrctl.session import _read_frozen_config
+
+    if args.csv is None and args.model is None:
+        _say("lrctl: export needs --csv FILE and/or --model FILE")
+        return 2
+    store = RunStore(args.runs_dir, args.run)
+    if not store.exists:
+        raise RunError(f"no run '{args.run}' in {args.runs_dir}")
+    cfg, _ = _read_frozen_config(store)
+    state = store.load_checkpoint().state
+    if args.csv is not None:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["epoch", "lr", f"train_{cfg.metric}", f"test_{cfg.metric}"])
+            for h in state.get("history") or []:
+                writer.writerow([h["step"], repr(h["lr"]), repr(h["train"]), repr(h["test"])])
+        _say(f"wrote {len(state.get('history') or [])} epochs to {args.csv}")
+    if args.model is not None:
+        import torch
+
+        torch.save(state["model"], args.model)
+        _say(f"wrote the model's state_dict (epoch {state['global_step']}) to {args.model}")
+    return 0
+
+
+def cmd_tb(args: argparse.Namespace) -> int:
+    import signal
+
+    from lrctl.tb import TensorBoard
+
+    board = TensorBoard(args.runs_dir, args.port)
+    try:
+        url = board.start()
+    except RuntimeError as e:
+        raise RunError(str(e)) from None
+    _say(f"TensorBoard for {args.runs_dir} at {url} · Ctrl-C stops it")
+    signal.signal(signal.SIGTERM, lambda *_: board.stop())
+    try:
+        board.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.stop()
+    return 0

@@ -1,0 +1,154 @@
+"""Seeing what the lr does: find-lr, plot, compare, TensorBoard over HTTP, undo, fork, export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from lrctl.config import RunConfig
+from lrctl.session import RunSession
+from tests.conftest import read_checkpoint, read_scalars, run_lrctl
+
+
+def _digest(directory) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_find_lr_leaves_the_run_unchanged_and_suggests_a_sane_lr(workdir):
+    assert run_lrctl(["--run", "f", "--plan", "1@0.0001"], workdir).returncode == 0
+    before = _digest(workdir / "runs" / "f")
+    result = run_lrctl(["find-lr", "--run", "f"], workdir)
+    assert result.returncode == 0, result.stderr
+    assert _digest(workdir / "runs" / "f") == before  # checkpoint, optimizer, step, TensorBoard: byte for byte
+    line = next(x for x in result.stdout.splitlines() if x.startswith("suggested lr:"))
+    valley = float(line.split()[2])
+    steepest = float(line.split()[-1])
+    assert 1e-6 <= steepest <= 1 and 1e-6 <= valley <= 1  # inside the swept range
+    assert 0.0003 <= valley <= 3  # within an order of magnitude of the lrs that train well (0.003-0.3)
+    assert "lr_find/loss" in read_scalars(workdir / "runs" / "_lr-find" / "f-e1")
+
+
+def test_find_at_the_prompt_makes_the_suggestion_the_default(workdir):
+    result = run_lrctl(["--run", "p"], workdir, stdin="y\n2\nfind\n\nn\n")
+    assert result.returncode == 0, result.stderr
+    suggestion = float(next(x for x in result.stdout.splitlines() if x.startswith("suggested lr:")).split()[2])
+    lrs = [v for _, v in read_scalars(workdir / "runs" / "p")["lr"]]
+    assert lrs == pytest.approx([suggestion] * 2, rel=1e-6)
+
+
+def test_undo_then_another_lr_shows_each_step_once_with_the_new_values(tmp_path):
+    session = RunSession.open(tmp_path, "u", RunConfig(), save_every=1e9)
+    session.load()
+    session.train(5, "0.03")
+    assert session.train(5, "0.1").status == "done"
+    assert session.undo() == (10, 5)
+    session.train(5, "0.01")
+    session.close()
+    scalars = read_scalars(tmp_path / "u")
+    assert [s for s, _ in scalars["lr"]] == list(range(10))
+    assert [v for _, v in scalars["lr"]] == pytest.approx([0.03] * 5 + [0.01] * 5)
+    assert read_checkpoint(tmp_path / "u" / "checkpoint.pt")["global_step"] == 10
+
+
+def test_fork_shares_history_up_to_the_fork_and_differs_after(tmp_path):
+    session = RunSession.open(tmp_path, "a", RunConfig(), save_every=1e9)
+    session.load()
+    session.train(4, "0.03")
+    forked = session.fork("b")
+    forked.train(3, "0.01")
+    forked.close()
+    session = RunSession.open(tmp_path, "a", RunConfig(), save_every=1e9)
+    session.load()
+    session.train(3, "0.05")
+    session.close()
+    a, b = read_scalars(tmp_path / "a"), read_scalars(tmp_path / "b")
+    assert a["train_mse"][:4] == b["train_mse"][:4]
+    assert [s for s, _ in b["train_mse"]] == list(range(7))
+    assert a["train_mse"][4:] != b["train_mse"][4:]
+    texts = json.dumps([json.loads(line) for line in (tmp_path / "b" / "journal.jsonl").open()])
+    assert '"forked"' in texts
+
+
+def test_fork_at_a_kept_epoch_from_the_command_line(workdir):
+    assert run_lrctl(["--run", "src", "--plan", "3@0.03;4@0.01"], workdir).returncode == 0
+    result = run_lrctl(["fork", "src", "new", "--at", "3"], workdir)
+    assert result.returncode == 0, result.stderr
+    assert read_checkpoint(workdir / "runs" / "new" / "checkpoint.pt")["global_step"] == 3
+    assert [s for s, _ in read_scalars(workdir / "runs" / "new")["lr"]] == [0, 1, 2]
+    assert run_lrctl(["fork", "src", "other", "--at", "5"], workdir).returncode == 1
+    result = run_lrctl(["--run", "new", "--plan", "2@0.05"], workdir)
+    assert [round(v, 4) for _, v in read_scalars(workdir / "runs" / "new")["lr"]] == [0.03] * 3 + [0.05] * 2
+
+
+def test_plot_png_and_a_terminal_chart_without_a_tty(workdir):
+    assert run_lrctl(["--run", "g", "--plan", "4@0.03;4@0.01"], workdir).returncode == 0
+    result = run_lrctl(["plot", "g", "--png", "g.png"], workdir)
+    assert result.returncode == 0, result.stderr
+    png = (workdir / "g.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "global epoch" in result.stdout and "\x1b[" not in result.stdout
+    from PIL import Image
+
+    with Image.open(workdir / "g.png") as image:
+        assert image.size == (1000, 700)
+
+
+def test_export_csv_and_model(workdir):
+    assert run_lrctl(["--run", "e", "--plan", "3@0.03"], workdir).returncode == 0
+    assert run_lrctl(["export", "e", "--csv", "e.csv", "--model", "e.pt"], workdir).returncode == 0
+    lines = (workdir / "e.csv").read_text().splitlines()
+    assert lines[0] == "epoch,lr,train_mse,test_mse" and len(lines) == 4
+    import torch
+
+    weights = torch.load(workdir / "e.pt", weights_only=True)
+    assert torch.equal(weights["linear1.weight"], read_checkpoint(workdir / "runs" / "e" / "checkpoint.pt")
+                       ["model"]["linear1.weight"])
+
+
+def test_compare_two_seeds_same_start_per_seed_and_table_matches_tensorboard(workdir):
+    result = run_lrctl(["compare", "--plans", "4@0.03", "2@0.03;2@0.01", "--seeds", "24,25", "--name", "cmp"],
+                       workdir)
+    assert result.returncode == 0, result.stderr
+    group = workdir / "runs" / "cmp"
+    runs = {"4x0.03-s24", "4x0.03-s25", "2x0.03_2x0.01-s24", "2x0.03_2x0.01-s25"}
+    assert {p.name for p in group.iterdir()} == runs
+    import torch
+
+    def initial(run):
+        return torch.load(group / run / "kept" / "step-00000000.pt", weights_only=True)["model"]
+
+    for seed in (24, 25):
+        a, b = initial(f"4x0.03-s{seed}"), initial(f"2x0.03_2x0.01-s{seed}")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = initial("4x0.03-s24"), initial("4x0.03-s25")
+    assert not torch.equal(a["linear1.weight"], b["linear1.weight"])
+    row = next(x for x in result.stdout.splitlines() if x.startswith("4@0.03 "))
+    final_train, final_test = float(row.split()[1]), float(row.split()[2])
+    tb = [read_scalars(group / f"4x0.03-s{s}") for s in (24, 25)]
+    assert final_test == pytest.approx(sum(t["test_mse"][-1][1] for t in tb) / 2, rel=1e-4)
+    assert final_train == pytest.approx(sum(t["train_mse"][-1][1] for t in tb) / 2, rel=1e-4)
+
+
+def test_a_real_tensorboard_serves_the_scalars_and_stops(workdir):
+    assert run_lrctl(["--run", "web", "--plan", "5@0.03"], workdir).returncode == 0
+    from lrctl.tb import TensorBoard
+
+    board = TensorBoard(workdir / "runs")
+    url = board.start()
+    try:
+        with urllib.request.urlopen(url + "data/plugin/scalars/tags", timeout=30) as response:
+            tags = json.load(response)
+        assert "train_mse" in tags["web"]
+        query = urllib.parse.urlencode({"run": "web", "tag": "train_mse"})
+        with urllib.request.urlopen(url + f"data/plugin/scalars/scalars?{query}", timeout=30) as response:
+            points = json.load(response)
+        assert [p[1] for p in points] == [0, 1, 2, 3, 4]
+        process = board.process
+    finally:
+        board.stop()
+    assert process.poll() is not None
