@@ -14,6 +14,8 @@
     $ lrctl fork demo demo-b --at 30          # a new run from a kept checkpoint
     $ lrctl export demo --csv demo.csv --model demo.pt
     $ lrctl tb                                # TensorBoard on 127.0.0.1
+    $ lrctl send demo "lr 0.01"               # steer a running chunk (status, pause, resume, stop, ...)
+    $ lrctl replay demo --to demo-replay      # re-execute the journal: a bit-identical run
 
 Exit codes: 0 done, 1 error (message on stderr), 2 bad usage, 130 a --plan interrupted by Ctrl-C
 (saved; ``lrctl resume`` finishes it).
@@ -36,7 +38,8 @@ from lrctl.schedules import parse as parse_schedule
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_CONFIG = Path("configs/lesson.toml")
 DEFAULT_RUNS_DIR = Path("runs")
-COMMANDS = ("train", "resume", "runs", "schedule", "find-lr", "plot", "compare", "fork", "export", "tb")
+COMMANDS = ("train", "resume", "runs", "schedule", "find-lr", "plot", "compare", "fork", "export", "tb", "send",
+            "replay")
 
 
 def parse_plan(text: str) -> list[tuple[int, str]]:
@@ -118,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--csv", type=Path, default=None)
     export.add_argument("--model", type=Path, default=None)
     export.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    send = sub.add_parser("send", help="send a command to a running lrctl: status, lr VALUE [set|scale|restart], "
+                                       "pause, resume, stop, checkpoint")
+    send.add_argument("run")
+    send.add_argument("words", nargs="+", metavar="COMMAND")
+    send.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    replay = sub.add_parser("replay", help="re-execute a run's journal into a new run (bit-identical)")
+    replay.add_argument("run")
+    replay.add_argument("--to", required=True, metavar="NEW")
+    replay.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
     tb = sub.add_parser("tb", help="start TensorBoard for the runs directory on 127.0.0.1")
     tb.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
     tb.add_argument("--port", type=int, default=None)
@@ -134,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_runs(args)
         if args.command == "schedule":
             return cmd_schedule(args)
-        if args.command in ("find-lr", "plot", "compare", "fork", "export", "tb"):
+        if args.command in ("find-lr", "plot", "compare", "fork", "export", "tb", "send", "replay"):
             from lrctl import tools
 
             return getattr(tools, "cmd_" + args.command.replace("-", "_"))(args)
@@ -248,12 +260,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         except RuntimeError as e:
             view.warn(f"TensorBoard did not start: {e}")
             board = None
+    from lrctl.control import ControlServer
+
+    control = ControlServer(session)
+    if control.start() is None:
+        view.warn(f"no control socket for this run (lrctl send is unavailable): {session.store.dir} "
+                  "is too long a path for a Unix socket, or the platform has none")
     view.banner(run_name, session.is_new, session.store.summary(), session.cfg.describe(), logdir)
     for problem in session.store.check_checkpoints()[1]:
         view.warn(problem)
     loader = _Loader(session, prebuilt)
     code, reason = EXIT_OK, "quit"
-    holder = [session]  # the REPL may continue in a fork
+    holder = [session, control]  # the REPL may continue in a fork
     try:
         if plan is not None:
             code, reason = _run_plan(session, plan, loader, view)
@@ -272,6 +290,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             session.store.close()
         if board is not None:
             board.stop()
+        control.stop()
     if loader.error is not None:
         raise loader.error
     run_name = session.store.name
@@ -309,6 +328,7 @@ def _run_repl(holder: list, loader: _Loader, view, finish: bool, tb_url: str | N
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     repl = Repl(session, view, None, loader.wait, on_first_prompt=loader.start)  # type: ignore[arg-type]
     repl.tb_url = tb_url
+    repl.control = holder[1]
     if interactive:
         repl.asker = TerminalAsker(session.store.dir / ".history", repl.toolbar)
     else:

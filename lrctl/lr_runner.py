@@ -117,6 +117,7 @@ class ScheduleRunner:
             chunk_start, chunk_epochs, batches_per_epoch, mode)
         self.phase = "warmup" if spec.warmup else "main"
         self.steps = 0  # torch scheduler steps taken in the current phase
+        self.scale = 1.0  # a mid-chunk 'scale' change multiplies every lr of the schedule from then on
         self.scheduler = self._build_phase()
 
     def _build_phase(self) -> sched.LRScheduler | None:
@@ -160,6 +161,8 @@ class ScheduleRunner:
         if self.phase == "warmup" and self.steps >= self.spec.warmup:
             self.phase, self.steps = "main", 0
             self.scheduler = self._build_phase()
+            if self.scale != 1.0:
+                self._scale_state(self.scale)
 
     def after_batch(self) -> None:
         """Call after every optimizer step."""
@@ -175,11 +178,31 @@ class ScheduleRunner:
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def apply_scale(self, factor: float) -> None:
+        """Multiply the current lr and every later one of this schedule by ``factor``."""
+        self.scale *= factor
+        self._scale_state(factor)
+
+    def _scale_state(self, factor: float) -> None:
+        """Scale every lr-valued number torch's schedulers keep (in them and in the param groups)."""
+        for group in self.optimizer.param_groups:
+            for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+                if key in group:
+                    group[key] *= factor
+        s = self.scheduler
+        if s is None:
+            return
+        for name in ("base_lrs", "max_lrs", "min_lrs", "_last_lr", "values"):
+            if isinstance(getattr(s, name, None), list):
+                setattr(s, name, [v * factor for v in getattr(s, name)])
+        if isinstance(getattr(s, "eta_min", None), float):
+            s.eta_min *= factor
+
     def state_dict(self) -> dict[str, Any]:
         """Plain data: loads with ``torch.load(weights_only=True)``."""
         return {"spec": self.spec.text, "chunk_start": self.chunk_start, "chunk_epochs": self.chunk_epochs,
                 "batches_per_epoch": self.batches_per_epoch, "mode": self.mode, "phase": self.phase,
-                "steps": self.steps,
+                "steps": self.steps, "scale": self.scale,
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
 
     @classmethod
@@ -188,6 +211,7 @@ class ScheduleRunner:
         runner = cls(parse(state["spec"]), optimizer, state["chunk_start"], state["chunk_epochs"],
                      state["batches_per_epoch"], state["mode"])
         runner.phase, runner.steps = state["phase"], state["steps"]
+        runner.scale = state.get("scale", 1.0)
         if runner.phase == "main" and runner.spec.warmup:
             runner.scheduler = runner._build_phase()
         if runner.scheduler is not None and state["scheduler"] is not None:

@@ -154,6 +154,8 @@ class Repl:
         self.session, self.view, self.asker, self.ready = session, view, asker, ready
         self.on_first_prompt = on_first_prompt
         self.tb_url: str | None = None
+        self.keys = True  # read single keys during chunks (on a terminal only)
+        self.control: Any = None  # the control socket server, moved along on fork
         self.last_epochs: int | None = None
         self.last_expression: str | None = None
 
@@ -200,9 +202,16 @@ class Repl:
             self.session.drop_pending("declined at the prompt")
 
     def _train(self, command: Callable[[], ChunkOutcome]) -> ChunkOutcome:
+        from lrctl.keys import KEYS_HELP, KeyReader, keys_active
+
         self._wait()
+        use_keys = self.keys and keys_active()
+        self.view.keys_help = KEYS_HELP if use_keys else ""
         with chunk_interrupts(self.session, self.view):
-            return command()
+            if not use_keys:
+                return command()
+            with KeyReader(self.session, self.view):
+                return command()
 
     def _wait(self) -> None:
         if self.session.trainer is None:
@@ -261,6 +270,10 @@ class Repl:
             elif isinstance(command, commands.Fork):
                 old = self.session.store.name
                 self.session = self.session.fork(command.name)
+                if self.control is not None:
+                    self.control.stop()
+                    self.control.session = self.session
+                    self.control.start()
                 self.view.say(f"forked: run '{old}' stays at epoch {self.session.global_step}; you now train "
                               f"run '{command.name}' (TensorBoard: both, sharing history up to here)")
             elif isinstance(command, commands.Plot):

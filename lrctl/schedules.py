@@ -234,6 +234,19 @@ def parse(text: str) -> ScheduleSpec:
     return ScheduleSpec(name, tuple(numbers), ordered, warmup, tuple(pieces))
 
 
+def with_base(spec: ScheduleSpec, lr: float) -> ScheduleSpec:
+    """The same schedule started from ``lr`` instead (every lr-valued number scaled alike)."""
+    from dataclasses import replace
+
+    base = spec.base_lr
+    if spec.name == "keep" or base is None:
+        return ScheduleSpec("const", (lr,))
+    factor = lr / base
+    options = tuple((k, v * factor if k == "min" else v) for k, v in spec.options)
+    return replace(spec, args=tuple(a * factor for a in spec.args), options=options,
+                   pieces=tuple((v * factor, n) for v, n in spec.pieces))
+
+
 def help_text() -> str:
     """The grammar, for ``help`` at the prompt and the README."""
     lines = ["A learning rate is a number (0.03) or a schedule: NAME numbers key=value ...",

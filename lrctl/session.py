@@ -16,6 +16,7 @@ which the CLI runs in a background thread while the first question waits for an 
 
 from __future__ import annotations
 
+import queue
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,13 @@ class RunSession:
         self.in_critical = False
         self.abort_after_critical = False
         self.load_warnings: list[str] = []
+        # Live control: commands from keys or the control socket, applied at the next batch boundary.
+        self.controls: queue.SimpleQueue = queue.SimpleQueue()
+        self._scheduled: list[dict[str, Any]] = []  # recorded changes to re-apply at their global batch
+        self.running = False
+        self.paused = False
+        self._save_at_epoch_end = False
+        self._chunk_end = 0
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -219,14 +227,15 @@ class RunSession:
         return self.finish_pending()
 
     def drop_pending(self, reason: str) -> None:
+        self._scheduled = []
         pending = self.store.read_pending()
         if pending is not None:
             self.store.journal("pending_dropped", durable=True, reason=reason, chunks=pending.chunks,
                                step=self.global_step)
             self.store.write_pending(None)
 
-    def finish_pending(self) -> ChunkOutcome:
-        """Train whatever ``pending.json`` says is left, from the current global step."""
+    def finish_pending(self, stop_at: int | None = None) -> ChunkOutcome:
+        """Train whatever ``pending.json`` says is left, from the current global step (up to ``stop_at``)."""
         assert self.trainer is not None and self.logger is not None, "call load() first"
         pending = self.store.read_pending()
         self._stop = False
@@ -234,8 +243,10 @@ class RunSession:
         while pending is not None and pending.chunks:
             chunk = pending.chunks[0]
             end = chunk["start"] + chunk["epochs"]
+            if stop_at is not None and self.global_step >= stop_at:
+                return ChunkOutcome("stopped", self.global_step)
             if self.global_step < end:
-                outcome = self._run_chunk(chunk)
+                outcome = self._run_chunk(chunk, stop_at)
                 if outcome.status != "done":
                     return outcome
             pending.chunks.pop(0)
@@ -251,27 +262,32 @@ class RunSession:
             if runner is None:
                 raise RunError("nothing to keep: the run has no schedule yet")
             return
-        if runner is not None and runner.chunk_start == chunk["start"] and runner.spec == spec:
-            return  # restored from the checkpoint (or still running): continue its clock
-        if trainer.global_step != chunk["start"]:
-            raise RunError(f"cannot resume chunk started at epoch {chunk['start']}: its schedule state is missing")
+        if trainer.global_step > chunk["start"]:
+            if runner is None:
+                raise RunError(f"cannot resume the chunk started at epoch {chunk['start']}: no schedule state")
+            return  # the chunk's own schedule, as the checkpoint (or a pause) left it, mid-chunk changes included
         trainer.start_schedule(spec, chunk["epochs"])
 
-    def _run_chunk(self, chunk: dict[str, Any]) -> ChunkOutcome:
+    def _run_chunk(self, chunk: dict[str, Any], stop_at: int | None = None) -> ChunkOutcome:
         from lrctl.engine import Diverged
 
         trainer, store = self.trainer, self.store
         self._prepare_schedule(chunk)
         end = chunk["start"] + chunk["epochs"]
-        todo = end - trainer.global_step
+        self._chunk_end = end
+        here = trainer.global_step * trainer.batches_per_epoch
+        # Changes made mid-chunk before an interruption happen again at the same batch.
+        self._scheduled = sorted((c for c in chunk.get("changes", []) if c["at_batch"] > here),
+                                 key=lambda c: c["at_batch"])
+        todo = min(end, stop_at if stop_at is not None else end) - trainer.global_step
         store.journal("chunk_start", step=trainer.global_step, end=end, expr=chunk["expr"])
         if not self.chunks or self.chunks[-1]["start"] != chunk["start"]:
             self.chunks.append({"start": chunk["start"], "end": chunk["start"], "expr": chunk["expr"]})
             self.log_intervention(f"chunk: {chunk['epochs']} epochs of `{chunk['expr']}`", chunk["start"])
         self.observer.chunk_started(trainer.global_step, todo, chunk["expr"], trainer.batches_per_epoch)
+        self.running, self.paused = True, False
         try:
-            trainer.fit_rec(todo, on_epoch_end=self._epoch_done,
-                            on_batch_end=self.observer.batch_done if self.observer.wants_batches else None,
+            trainer.fit_rec(todo, on_epoch_end=self._epoch_done, on_batch_end=self._batch_boundary,
                             should_stop=lambda: self._stop)
         except KeyboardInterrupt:
             dropped = trainer.global_step - (self.saved_step or 0)
@@ -290,6 +306,8 @@ class RunSession:
                           rolled_back_to=trainer.global_step)
             self.observer.chunk_ended(outcome)
             return outcome
+        finally:
+            self._end_controls()
         self.save(keep=True)
         if trainer.global_step < end:
             outcome = ChunkOutcome("stopped", trainer.global_step, detail=f"{end - trainer.global_step} epochs left")
@@ -314,9 +332,120 @@ class RunSession:
                 batch_logger.log("lr_batch", lr, base + i)
             batch_logger.flush()
         self.logger.flush()
-        if time.monotonic() - self._last_save >= self.save_every:
+        if self._save_at_epoch_end or time.monotonic() - self._last_save >= self.save_every:
+            self._save_at_epoch_end = False
             self.save()
         self.observer.epoch_done(record, metric)
+
+    # -- live control ------------------------------------------------------------------------------
+    def submit(self, command: dict[str, Any]) -> None:
+        """Queue a control command (from keys or the socket); it is applied at the next batch boundary.
+
+        ``command``: {"cmd": "lr"|"pause"|"resume"|"stop"|"checkpoint", "value"?, "mode"?, "source"?,
+        "reply"?: a queue that receives the result}."""
+        self.controls.put(command)
+
+    def _batch_boundary(self, batch: int, batches: int) -> None:
+        """Between two batches: re-apply recorded changes, apply queued commands, hold while paused."""
+        if self._scheduled or not self.controls.empty() or self.paused:
+            done = self.trainer.global_step * self.trainer.batches_per_epoch + batch
+            while self._scheduled and self._scheduled[0]["at_batch"] <= done:
+                self._apply(self._scheduled.pop(0), done, replaying=True)
+            self._drain(done, block=False)
+            while self.paused and not self._stop:
+                self._drain(done, block=True)
+        if self.observer.wants_batches:
+            self.observer.batch_done(batch, batches)
+
+    def _drain(self, done: int, block: bool) -> None:
+        while True:
+            try:
+                command = self.controls.get(timeout=0.2) if block else self.controls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                result = self._apply(command, done)
+            except (ValueError, RunError) as e:
+                result = {"ok": False, "error": str(e)}
+            reply = command.get("reply")
+            if reply is not None:
+                reply.put(result)
+            block = False
+
+    def _end_controls(self) -> None:
+        """The chunk is over: what is still queued cannot be applied to it."""
+        self.running, self.paused = False, False
+        while True:
+            try:
+                command = self.controls.get_nowait()
+            except queue.Empty:
+                return
+            if command.get("reply") is not None:
+                command["reply"].put({"ok": False, "error": "the chunk ended before the command was applied"})
+
+    def _apply(self, command: dict[str, Any], done: int, replaying: bool = False) -> dict[str, Any]:
+        from lrctl.lr_runner import ScheduleRunner
+        from lrctl.schedules import with_base
+
+        trainer, kind = self.trainer, command["cmd"]
+        source = command.get("source", "?")
+        step = trainer.global_step
+        if kind == "lr":
+            spec = parse(command["value"])
+            mode = command.get("mode") or "set"
+            runner = trainer.runner
+            remaining = max(1, self._chunk_end - step)
+            args = (trainer.optimizer, step, remaining, trainer.batches_per_epoch, trainer.metric_mode)
+            if spec.name == "keep":
+                raise ValueError("keep is not a change; give a learning rate or a schedule")
+            if spec.name != "const":
+                mode = "schedule"  # a new schedule starts now, over the rest of the chunk
+                trainer.runner = ScheduleRunner(spec, *args)
+            elif mode == "scale" and runner is not None:
+                runner.apply_scale(spec.args[0] / runner.lr)
+            elif mode == "restart" and runner is not None:
+                trainer.runner = ScheduleRunner(with_base(runner.spec, spec.args[0]), *args)
+            elif mode in ("set", "scale", "restart"):
+                mode = "set"
+                trainer.runner = ScheduleRunner(spec, *args)
+            else:
+                raise ValueError(f"unknown lr mode {mode!r}: use set, scale or restart")
+            record = {"cmd": "lr", "value": spec.text, "mode": mode, "at_batch": done, "source": source}
+            if not replaying:
+                self.store.journal("control", durable=True, step=step, **record)
+                pending = self.store.read_pending()
+                if pending is not None and pending.chunks:
+                    pending.chunks[0].setdefault("changes", []).append(record)
+                    self.store.write_pending(pending)
+            self.log_intervention(f"lr -> {spec.text} ({mode}, from {source}) at batch {done}", step)
+            self.observer.message(f"lr -> {spec.text} ({mode}) from {source}, at batch {done}: now {trainer.lr:.6g}")
+            return {"ok": True, "cmd": "lr", "mode": mode, "lr": trainer.lr, "applied_at_batch": done,
+                    "global_step": step}
+        if kind in ("pause", "resume"):
+            self.paused = kind == "pause"
+            self.store.journal(kind, step=step, at_batch=done, source=source)
+            self.log_intervention(f"{kind} (from {source}) at batch {done}", step)
+            self.observer.message(f"{'paused' if self.paused else 'continuing'} at epoch {step}, batch {done}"
+                                  + (" · p (or lrctl send RUN resume) continues" if self.paused else ""))
+        elif kind == "stop":
+            self.request_stop()
+            self.store.journal("stop_requested", step=step, source=source)
+            self.observer.message(f"stopping after epoch {step} (from {source})")
+        elif kind == "checkpoint":
+            self._save_at_epoch_end = True
+            self.observer.message(f"checkpoint at the end of epoch {step} (from {source})")
+        else:
+            raise ValueError(f"unknown command {kind!r}")
+        return {"ok": True, "cmd": kind, "global_step": step, "paused": self.paused}
+
+    def status(self) -> dict[str, Any]:
+        """Where the run stands, for ``lrctl send RUN status``."""
+        summary = self.summary()
+        pending = self.pending
+        return {"ok": True, "run": self.store.name, "global_step": self.global_step, "running": self.running,
+                "paused": self.paused, "lr": self.trainer.lr if self.trainer is not None else summary.get("lr"),
+                "metric": self.metric, "last": summary.get("last"),
+                "pending": pending.describe(self.global_step) if pending else None}
 
     def _batch_log(self) -> MetricLogger:
         """Batch-indexed scalars live in their own TensorBoard run (``<run>/batch``): a purge at an

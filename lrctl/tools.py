@@ -135,3 +135,25 @@ def cmd_tb(args: argparse.Namespace) -> int:
     finally:
         board.stop()
     return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import json
+
+    from lrctl.control import ControlError, send
+
+    RunStore(args.runs_dir, args.run)  # the name rules
+    try:
+        reply = send(args.runs_dir / args.run, " ".join(args.words))
+    except ControlError as e:
+        reply = {"ok": False, "error": str(e)}
+    _say(json.dumps(reply))
+    return 0 if reply.get("ok") else 1
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from lrctl.replay import replay
+
+    step = replay(args.runs_dir, args.run, args.to)
+    _say(f"replayed run '{args.run}' into '{args.to}' (epoch {step}) · compare: lrctl plot {args.run} {args.to}")
+    return 0

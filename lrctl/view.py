@@ -8,6 +8,7 @@ epoch; the run is saved and lrctl ends quietly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -68,6 +69,7 @@ class View(Observer):
         self._batch_task: Any = None
         self._chunk_values: list[float] = []
         self.wants_batches = self.interactive
+        self.keys_help = ""  # shown under the bars while keys are read
 
     # -- output that survives a closed pipe ----------------------------------------------------
     def _write(self, text: str, style: str | None = None) -> None:
@@ -126,6 +128,20 @@ class View(Observer):
             self.progress.start()
             self._epoch_task = self.progress.add_task("epochs ", total=epochs)
             self._batch_task = self.progress.add_task("batches", total=batches_per_epoch)
+            if self.keys_help:
+                self.progress.add_task(self.keys_help, total=None, start=False)
+
+    @contextlib.contextmanager
+    def suspended(self):
+        """Hide the progress bar while something else uses the terminal (the lr key's prompt)."""
+        progress = self.progress
+        if progress is not None:
+            progress.stop()
+        try:
+            yield
+        finally:
+            if progress is not None and self.progress is progress:
+                progress.start()
 
     def batch_done(self, batch: int, batches: int) -> None:
         if self.progress is not None:

@@ -75,6 +75,7 @@ def test_up_arrow_recalls_answers_from_an_earlier_session(workdir):
     child.expect_exact("Learning rate:")
     child.sendline("0.002")
     child.expect_exact("chunk done at epoch 5")
+    child.expect_exact("Continue training? [y/n]")  # keys typed during a chunk are the chunk's keys
     child.sendline("n")
     child.expect(pexpect.EOF)
     child = spawn(["--run", "hist"], workdir)

@@ -1,0 +1,181 @@
+"""The control endpoint: a Unix socket in the run directory that takes the keyboard's commands as JSON lines.
+
+::
+
+    $ lrctl send demo status
+    {"ok": true, "run": "demo", "global_step": 42, "running": true, "paused": false, "lr": 0.03, ...}
+    $ lrctl send demo "lr 0.01"            # or "lr 0.01 scale", "lr 0.01 restart", "lr cos 0.01"
+    $ lrctl send demo pause | resume | stop | checkpoint
+
+A line is a JSON object, ``{"cmd": "lr", "value": "0.01", "mode": "scale"}``, or the same as text.
+Commands are applied at the next batch boundary in arrival order with the keyboard's, journaled with
+their source, and answered with JSON; a malformed line gets ``{"ok": false, "error": ...}`` and
+changes nothing. The socket is owner-only (0600) and never a network port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+from lrctl.schedules import ScheduleError
+from lrctl.schedules import parse as parse_schedule
+
+SOCKET_FILE = "control.sock"
+MAX_LINE = 64 * 1024
+COMMANDS = ("status", "lr", "pause", "resume", "stop", "checkpoint")
+LR_MODES = ("set", "scale", "restart")
+
+
+class ControlError(ValueError):
+    pass
+
+
+def parse_control(message: str | dict[str, Any]) -> dict[str, Any]:
+    """A control command from a JSON object or text (``lr 0.01 scale``); ControlError says what is wrong."""
+    if isinstance(message, str):
+        text = message.strip()
+        if text.startswith("{"):
+            try:
+                message = json.loads(text)
+            except ValueError as e:
+                raise ControlError(f"malformed JSON: {e}") from None
+        else:
+            words = text.split()
+            if not words:
+                raise ControlError("empty command")
+            message = {"cmd": words[0].lower()}
+            if words[0].lower() == "lr":
+                mode = words[-1].lower() if len(words) > 2 and words[-1].lower() in LR_MODES else None
+                value = " ".join(words[1:-1] if mode else words[1:])
+                message.update({"value": value, **({"mode": mode} if mode else {})})
+            elif len(words) > 1:
+                raise ControlError(f"{words[0]} takes no arguments")
+    if not isinstance(message, dict) or not isinstance(message.get("cmd"), str):
+        raise ControlError('expected an object like {"cmd": "lr", "value": "0.01"}')
+    cmd = message["cmd"].lower()
+    if cmd not in COMMANDS:
+        raise ControlError(f"unknown command {cmd!r}; commands: {', '.join(COMMANDS)}")
+    command: dict[str, Any] = {"cmd": cmd}
+    if cmd == "lr":
+        value = message.get("value")
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value).strip() == "":
+            raise ControlError("lr needs a value: a number or a schedule expression")
+        try:
+            spec = parse_schedule(str(value))
+        except ScheduleError as e:
+            raise ControlError(str(e)) from None
+        if spec.name == "keep":
+            raise ControlError("keep is not a change; give a learning rate or a schedule")
+        mode = message.get("mode")
+        if mode is not None and mode not in LR_MODES:
+            raise ControlError(f"mode must be one of {', '.join(LR_MODES)}")
+        command.update({"value": spec.text, **({"mode": mode} if mode else {})})
+    return command
+
+
+class ControlServer:
+    """Serves one session's control socket from a background thread."""
+
+    def __init__(self, session: Any, timeout: float = 60.0) -> None:
+        self.session, self.timeout = session, timeout
+        self.path: Path | None = None
+        self._socket: socket.socket | None = None
+
+    def start(self) -> Path | None:
+        """Listen on ``<run>/control.sock``; returns the path (None if the platform or path won't allow it)."""
+        path = self.session.store.dir / SOCKET_FILE
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a dead process's socket; the run lock says we own the run now
+        try:
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old_umask = os.umask(0o177)  # created owner-only, never briefly world-writable
+            try:
+                server.bind(str(path))
+            finally:
+                os.umask(old_umask)
+            os.chmod(path, 0o600)
+            server.listen(8)
+        except (OSError, AttributeError):
+            return None
+        self._socket, self.path = server, path
+        threading.Thread(target=self._accept, name="lrctl-control", daemon=True).start()
+        return path
+
+    def _accept(self) -> None:
+        while self._socket is not None:
+            try:
+                conn, _ = self._socket.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            buffer = b""
+            while True:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return  # the client left, possibly mid-line: nothing was applied for a partial line
+                buffer += chunk
+                if len(buffer) > MAX_LINE and b"\n" not in buffer:
+                    conn.sendall(_encode({"ok": False, "error": "line too long"}))
+                    return
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    conn.sendall(_encode(self.handle(line.decode("utf-8", "replace"))))
+
+    def handle(self, line: str) -> dict[str, Any]:
+        try:
+            command = parse_control(line)
+        except ControlError as e:
+            return {"ok": False, "error": str(e)}
+        session = self.session
+        if command["cmd"] == "status":
+            return session.status()
+        if not session.running:
+            return {"ok": False, "error": "no chunk is running; commands apply to a running chunk",
+                    "global_step": session.global_step}
+        reply: queue.SimpleQueue = queue.SimpleQueue()
+        session.submit({**command, "source": "socket", "reply": reply})
+        try:
+            return reply.get(timeout=self.timeout)
+        except queue.Empty:
+            return {"ok": False, "error": f"not applied within {self.timeout:.0f} s"}
+
+    def stop(self) -> None:
+        server, self._socket = self._socket, None
+        if server is not None:
+            server.close()
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
+def _encode(reply: dict[str, Any]) -> bytes:
+    return (json.dumps(reply) + "\n").encode()
+
+
+def send(run_dir: Path, text: str, timeout: float = 90.0) -> dict[str, Any]:
+    """``lrctl send``: one command to a running lrctl, its JSON answer back."""
+    path = Path(run_dir) / SOCKET_FILE
+    command = parse_control(text)  # refuse locally what the server would refuse
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        try:
+            client.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise ControlError(f"no lrctl is running on {run_dir} (no control socket)") from None
+        client.sendall(_encode(command))
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = client.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data.decode())

@@ -1,0 +1,174 @@
+"""Live control: keys through a pseudo-terminal, the control socket, exact resume and replay with changes,
+and TensorBoard text entries for every intervention."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sys
+
+import pytest
+
+from lrctl.control import ControlError, parse_control
+from tests.conftest import assert_states_equal, lrctl_env, read_checkpoint, read_scalars, run_lrctl, start_lrctl
+
+
+def journal(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+
+
+def texts(run) -> list[tuple[int, str]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run), size_guidance={"tensors": 0})
+    acc.Reload()
+    return [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors("interventions")]
+
+
+def _wait_for_epoch(proc, epoch: int) -> str:
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(f"epoch {epoch:>5} "):
+            return "".join(seen)
+    raise AssertionError("".join(seen))
+
+
+def test_parse_control_accepts_text_and_json_and_names_problems():
+    assert parse_control("lr 0.01 scale") == {"cmd": "lr", "value": "0.01", "mode": "scale"}
+    assert parse_control('{"cmd": "lr", "value": 0.02}') == {"cmd": "lr", "value": "0.02"}
+    assert parse_control("lr cos 0.01") == {"cmd": "lr", "value": "cos 0.01"}
+    for bad, message in [("{x", "malformed JSON"), ("jump", "unknown command"), ("lr", "needs a value"),
+                         ("lr nan", "finite"), ('{"cmd": "lr", "value": "0.1", "mode": "up"}', "mode must be")]:
+        with pytest.raises(ControlError, match=message):
+            parse_control(bad)
+
+
+def test_send_steers_a_running_plan_and_garbage_harms_nothing(workdir):
+    proc = start_lrctl(["--run", "s", "--plan", "100000@0.01"], workdir)
+    _wait_for_epoch(proc, 3)
+    run = workdir / "runs" / "s"
+    status = json.loads(run_lrctl(["send", "s", "status"], workdir).stdout)
+    assert status["ok"] and status["running"] and status["global_step"] >= 4
+    changed = run_lrctl(["send", "s", "lr", "0.002"], workdir)
+    assert changed.returncode == 0, changed.stdout
+    reply = json.loads(changed.stdout)
+    assert reply["lr"] == 0.002 and reply["mode"] == "set"
+    with socket.socket(socket.AF_UNIX) as client:  # garbage, then a client that leaves mid-line
+        client.connect(str(run / "control.sock"))
+        client.sendall(b"{not json\n")
+        assert json.loads(client.recv(4096))["ok"] is False
+        client.sendall(b'{"cmd": "lr", "val')
+    bad = run_lrctl(["send", "s", "lr", "-1"], workdir)
+    assert bad.returncode == 1 and "must be > 0" in bad.stdout
+    later = json.loads(run_lrctl(["send", "s", "status"], workdir).stdout)
+    assert later["running"] and later["lr"] == 0.002 and later["global_step"] >= reply["global_step"]
+    stop = json.loads(run_lrctl(["send", "s", "stop"], workdir).stdout)
+    proc.wait(timeout=120)
+    assert stop["ok"] and proc.returncode == 130
+    lrs = read_scalars(run)["lr"]
+    changed_at = reply["global_step"]
+    assert all(v == pytest.approx(0.01) for s, v in lrs if s <= changed_at)
+    assert all(v == pytest.approx(0.002) for s, v in lrs if s > changed_at)
+    control = [e for e in journal(run) if e["event"] == "control"]
+    assert control == [{**control[0], "cmd": "lr", "value": "0.002", "mode": "set", "source": "socket"}]
+    assert (changed_at, f"lr -> 0.002 (set, from socket) at batch {control[0]['at_batch']}") in texts(run)
+
+
+def test_socket_is_owner_only_and_commands_need_a_running_chunk(workdir):
+    proc = start_lrctl(["--run", "idle"], workdir, stdin=__import__("subprocess").PIPE)
+    assert proc.stdout.readline().startswith("run 'idle' (new)")
+    sock = workdir / "runs" / "idle" / "control.sock"
+    assert sock.stat().st_mode & 0o777 == 0o600
+    reply = json.loads(run_lrctl(["send", "idle", "lr", "0.1"], workdir).stdout)
+    assert reply["ok"] is False and "no chunk is running" in reply["error"]
+    assert json.loads(run_lrctl(["send", "idle", "status"], workdir).stdout)["running"] is False
+    proc.communicate("n\n", timeout=120)
+    assert not sock.exists()
+
+
+@pytest.mark.slow
+def test_kill_after_a_mid_chunk_change_then_resume_is_identical_to_the_replay(workdir):
+    proc = start_lrctl(["--run", "k", "--plan", "40@exp 0.05 gamma=0.97", "--save-every", "0.05"], workdir)
+    _wait_for_epoch(proc, 5)
+    reply = json.loads(run_lrctl(["send", "k", "lr", "0.02", "scale"], workdir).stdout)
+    assert reply["ok"] and reply["mode"] == "scale"
+    _wait_for_epoch(proc, reply["global_step"] + 3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run = workdir / "runs" / "k"
+    assert read_checkpoint(run / "checkpoint.pt")["global_step"] < 40
+    assert run_lrctl(["resume", "k"], workdir).returncode == 0
+    result = run_lrctl(["replay", "k", "--to", "k2"], workdir)
+    assert result.returncode == 0, result.stderr
+    a, b = (read_checkpoint(workdir / "runs" / n / "checkpoint.pt") for n in ("k", "k2"))
+    assert a["global_step"] == 40
+    assert_states_equal(a, b)
+    sa, sb = read_scalars(run), read_scalars(workdir / "runs" / "k2")
+    assert sa == sb
+    assert [s for s, _ in sa["lr"]] == list(range(40))
+    lrs = dict(sa["lr"])
+    step = reply["global_step"]
+    # scale multiplies the schedule so the lr is 0.02 at the change; the schedule goes on from there
+    assert lrs[step + 2] == pytest.approx(0.02 * 0.97**2, rel=1e-5)  # and the change survived the kill
+
+
+def test_replay_of_a_session_with_undo_stop_and_divergence_is_bit_identical(tmp_path):
+    from lrctl.config import RunConfig
+    from lrctl.replay import replay
+    from lrctl.session import RunSession
+
+    session = RunSession.open(tmp_path, "orig", RunConfig(), save_every=1e9)
+    session.load()
+    session.train(4, "0.03")
+    session.train(3, "1e6")  # diverges, rolls back
+    session.train(3, "cyclic 0.001 0.03 period=2")
+    session.undo()
+    session.train(5, "exp 0.05 gamma=0.9")
+    session.close()
+    replay(tmp_path, "orig", "copy")
+    assert_states_equal(read_checkpoint(tmp_path / "orig" / "checkpoint.pt"),
+                        read_checkpoint(tmp_path / "copy" / "checkpoint.pt"))
+    assert read_scalars(tmp_path / "orig") == read_scalars(tmp_path / "copy")
+
+
+def test_keys_pause_change_lr_and_stop_through_a_terminal(workdir):
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(sys.executable, ["-m", "lrctl", "--run", "keys"], cwd=str(workdir), env=lrctl_env(),
+                          encoding="utf-8", timeout=120, dimensions=(30, 140))
+    child.expect_exact("Continue training? [y/n]")
+    child.sendline("y")
+    child.expect_exact("Epochs:")
+    child.sendline("100000")
+    child.expect_exact("Learning rate:")
+    child.sendline("0.01")
+    child.expect(r"epoch\s+2 ")
+    child.send("p")
+    child.expect(r"paused at epoch (\d+)")
+    child.send("p")
+    child.expect_exact("continuing at epoch")
+    child.send("l")
+    child.expect_exact("New learning rate")
+    child.sendline("0.001")
+    child.expect(r"lr -> 0.001 \(set\) from key, at batch \d+: now 0.001")
+    child.expect(r"epoch\s+\d+\s+lr 0.001 ")
+    child.send("s")
+    child.expect(r"stopped at epoch (\d+)")
+    child.expect_exact("Continue training? [y/n]")
+    child.sendline("n")
+    child.expect(pexpect.EOF)
+    run = workdir / "runs" / "keys"
+    events = journal(run)
+    pause = next(e for e in events if e["event"] == "pause")
+    resume = next(e for e in events if e["event"] == "resume" and e["source"] == "key")
+    assert pause["step"] == resume["step"]  # no epoch trained while paused
+    change = next(e for e in events if e["event"] == "control")
+    lrs = dict(read_scalars(run)["lr"])
+    assert lrs[change["step"]] == pytest.approx(0.01)  # the epoch it happened in began at the old lr
+    assert lrs[change["step"] + 1] == pytest.approx(0.001)  # the logged lr changes from the next epoch
+    logged = texts(run)
+    assert (0, "chunk: 100000 epochs of `0.01`") in logged
+    assert any(s == pause["step"] and t.startswith("pause (from key) at batch") for s, t in logged)
+    assert any(s == resume["step"] and t.startswith("resume (from key)") for s, t in logged)
+    assert any(s == change["step"] and t.startswith("lr -> 0.001 (set, from key)") for s, t in logged)
