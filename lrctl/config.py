@@ -86,6 +86,7 @@ class TrainConfig:
     shuffle_seed: int = _f(0, "the order of epoch e's batches is a pure function of (shuffle_seed, e)")
     threads: int = _f(0, "torch CPU threads; 0 = auto (1 for small models, where one thread is fastest)")
     device: str = _f("cpu", "cpu | cuda | cuda:N | auto (cuda when available)")
+    checkpoint_every: int = _f(0, "also checkpoint every N epochs (0: only --save-every seconds, chunk ends, exit)")
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,8 @@ def validate(cfg: RunConfig) -> list[str]:
         problems.append("model.hidden: widths must be > 0")
     if not 0 <= cfg.model.dropout < 1:
         problems.append("model.dropout: must be in [0, 1)")
+    if cfg.train.checkpoint_every < 0:
+        problems.append("train.checkpoint_every: must be >= 0 (0 = time-based only)")
     if cfg.train.threads < 0:
         problems.append("train.threads: must be >= 0 (0 = auto)")
     dev = cfg.train.device
@@ -341,7 +344,7 @@ def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
 
 
 # Where and how fast a run trains, not what it is: they may change between sessions freely.
-RUNTIME_KEYS = {("train", "device"), ("train", "threads")}
+RUNTIME_KEYS = {("train", "device"), ("train", "threads"), ("train", "checkpoint_every")}
 
 
 def diff(old: RunConfig, new: RunConfig, runtime: bool = False) -> list[str]:

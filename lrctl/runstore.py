@@ -73,22 +73,29 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file beside ``path``, fsync, rename over it, fsync the directory.
+def write_synced(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a temp file beside ``path`` and fsync it; returns the temp file's path.
 
-    A failure (disk full, permissions) removes the temp file and leaves ``path`` as it was.
-    """
+    On failure (disk full, permissions) the temp file is removed and the error raised."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    return tmp
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file beside ``path``, fsync, rename over it, fsync the directory.
+
+    A failure (disk full, permissions) leaves ``path`` as it was.
+    """
+    os.replace(write_synced(path, data), path)
     fsync_dir(path.parent)
 
 
@@ -255,10 +262,7 @@ class RunStore:
             good.add(meta["sha256"][CHECKPOINT_FILE])
         tmp = latest.with_name(f".{CHECKPOINT_FILE}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            write_synced(latest, data)
             new_meta = {"sha256": {CHECKPOINT_FILE: sha,
                                    PREVIOUS_CHECKPOINT_FILE: meta.get("sha256", {}).get(CHECKPOINT_FILE)},
                         "good": sorted(good), "summary": summary,

@@ -284,7 +284,10 @@ class RunSession:
         if not self.chunks or self.chunks[-1]["start"] != chunk["start"]:
             self.chunks.append({"start": chunk["start"], "end": chunk["start"], "expr": chunk["expr"]})
             self.log_intervention(f"chunk: {chunk['epochs']} epochs of `{chunk['expr']}`", chunk["start"])
-        self.observer.chunk_started(trainer.global_step, todo, chunk["expr"], trainer.batches_per_epoch)
+        label = chunk["expr"]
+        if label == "keep" and trainer.runner is not None:
+            label = f"keep ({trainer.runner.spec.text})"
+        self.observer.chunk_started(trainer.global_step, todo, label, trainer.batches_per_epoch)
         self.running, self.paused = True, False
         try:
             trainer.fit_rec(todo, on_epoch_end=self._epoch_done, on_batch_end=self._batch_boundary,
@@ -332,7 +335,9 @@ class RunSession:
                 batch_logger.log("lr_batch", lr, base + i)
             batch_logger.flush()
         self.logger.flush()
-        if self._save_at_epoch_end or time.monotonic() - self._last_save >= self.save_every:
+        every = self.cfg.train.checkpoint_every
+        if (self._save_at_epoch_end or time.monotonic() - self._last_save >= self.save_every
+                or (every and (record.step + 1) % every == 0)):
             self._save_at_epoch_end = False
             self.save()
         self.observer.epoch_done(record, metric)

@@ -9,6 +9,13 @@ from lrctl import config as config_mod
 from lrctl.runstore import RunError, RunStore
 
 
+def _existing(runs_dir, name: str) -> RunStore:
+    store = RunStore(runs_dir, name)
+    if not store.exists:
+        raise RunError(f"no run '{name}' in {runs_dir}; start it with: lrctl --run {name}")
+    return store
+
+
 def _say(text: str) -> None:
     print(text, flush=True)  # noqa: T201 - these commands are command-line front ends
 
@@ -22,9 +29,7 @@ def cmd_find_lr(args: argparse.Namespace) -> int:
     if not 0 < args.start < args.end or args.batches < 5:
         _say("lrctl: find-lr needs 0 < --start < --end and --batches >= 5")
         return 2
-    store = RunStore(args.runs_dir, args.run)
-    if not store.exists:
-        raise RunError(f"no run '{args.run}' in {args.runs_dir}; start it with: lrctl --run {args.run}")
+    store = _existing(args.runs_dir, args.run)
     cfg, _ = _read_frozen_config(store)
     trainer = Trainer(cfg)
     if store.has_checkpoint():
@@ -96,9 +101,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.csv is None and args.model is None:
         _say("lrctl: export needs --csv FILE and/or --model FILE")
         return 2
-    store = RunStore(args.runs_dir, args.run)
-    if not store.exists:
-        raise RunError(f"no run '{args.run}' in {args.runs_dir}")
+    store = _existing(args.runs_dir, args.run)
     cfg, _ = _read_frozen_config(store)
     state = store.load_checkpoint().state
     if args.csv is not None:

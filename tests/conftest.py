@@ -70,6 +70,21 @@ def assert_states_equal(a: dict, b: dict) -> None:
         walk(a[key], b[key], key)
 
 
+def spawn_tty(args: list[str], cwd: Path, columns: int = 120):
+    """The real entry point on a pseudo-terminal (pexpect)."""
+    import pexpect
+
+    return pexpect.spawn(sys.executable, ["-m", "lrctl", *args], cwd=str(cwd), env=lrctl_env(),
+                         encoding="utf-8", timeout=120, dimensions=(30, columns))
+
+
+def answer_chunk(child, epochs: str, lr: str) -> None:
+    """Answer y, epochs and lr at a terminal prompt, each after its question appears."""
+    for question, answer in (("Continue training? [y/n]", "y"), ("Epochs:", epochs), ("Learning rate:", lr)):
+        child.expect_exact(question)
+        child.sendline(answer)
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A directory to run lrctl in; runs land in ``workdir/runs``."""

@@ -6,12 +6,19 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import sys
 
 import pytest
 
 from lrctl.control import ControlError, parse_control
-from tests.conftest import assert_states_equal, lrctl_env, read_checkpoint, read_scalars, run_lrctl, start_lrctl
+from tests.conftest import (
+    answer_chunk,
+    assert_states_equal,
+    read_checkpoint,
+    read_scalars,
+    run_lrctl,
+    spawn_tty,
+    start_lrctl,
+)
 
 
 def journal(run) -> list[dict]:
@@ -135,14 +142,8 @@ def test_replay_of_a_session_with_undo_stop_and_divergence_is_bit_identical(tmp_
 
 def test_keys_pause_change_lr_and_stop_through_a_terminal(workdir):
     pexpect = pytest.importorskip("pexpect")
-    child = pexpect.spawn(sys.executable, ["-m", "lrctl", "--run", "keys"], cwd=str(workdir), env=lrctl_env(),
-                          encoding="utf-8", timeout=120, dimensions=(30, 140))
-    child.expect_exact("Continue training? [y/n]")
-    child.sendline("y")
-    child.expect_exact("Epochs:")
-    child.sendline("100000")
-    child.expect_exact("Learning rate:")
-    child.sendline("0.01")
+    child = spawn_tty(["--run", "keys"], workdir, columns=140)
+    answer_chunk(child, "100000", "0.01")
     child.expect(r"epoch\s+2 ")
     child.send("p")
     child.expect(r"paused at epoch (\d+)")

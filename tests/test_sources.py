@@ -165,6 +165,21 @@ def test_set_overrides_a_new_run_and_is_frozen(workdir):
     assert state["model"]["linear1.weight"].shape == (6, 5)
 
 
+def test_checkpoint_every_n_epochs(tmp_path):
+    from lrctl.config import RunConfig, with_overrides
+    from lrctl.session import RunSession
+
+    cfg = with_overrides(RunConfig(), ["train.checkpoint_every=3"])
+    session = RunSession.open(tmp_path, "n", cfg, save_every=1e9)
+    session.load()
+    saved = []
+    real_save = session.save
+    session.save = lambda keep=False: (saved.append(session.global_step), real_save(keep))
+    session.train(7, "0.01")
+    session.close()
+    assert saved == [3, 6, 7]  # every third epoch, then the chunk end
+
+
 def test_a_cpu_checkpoint_resumes_with_device_auto(workdir):
     assert run_lrctl(["--run", "dev", "--set", "train.device=cpu", "--plan", "2@0.01"], workdir).returncode == 0
     result = run_lrctl(["--run", "dev", "--set", "train.device=auto", "--plan", "2@0.01"], workdir)

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 pexpect = pytest.importorskip("pexpect")
 
-from tests.conftest import lrctl_env, read_checkpoint  # noqa: E402
-
-
-def spawn(args, cwd):
-    return pexpect.spawn(sys.executable, ["-m", "lrctl", *args], cwd=str(cwd), env=lrctl_env(),
-                         encoding="utf-8", timeout=120, dimensions=(30, 120))
+from tests.conftest import answer_chunk, read_checkpoint  # noqa: E402
+from tests.conftest import spawn_tty as spawn  # noqa: E402
 
 
 def test_terminal_session_with_ctrl_c_during_a_chunk(workdir):
     child = spawn(["--run", "tty"], workdir)
     child.expect_exact("run 'tty' (new)")
-    child.expect_exact("Continue training? [y/n]")
-    child.sendline("y")
-    child.expect_exact("Epochs:")
-    child.sendline("100000")
-    child.expect_exact("Learning rate:")
-    child.sendline("0.01")
+    answer_chunk(child, "100000", "0.01")
     child.expect(r"epoch\s+3 ")
     child.sendintr()
     child.expect_exact("stopping after this epoch")
@@ -42,12 +31,7 @@ def test_terminal_session_with_ctrl_c_during_a_chunk(workdir):
 def test_second_ctrl_c_abandons_the_epoch_and_says_what_it_dropped(workdir):
     # Long epochs (100k rows), so the second Ctrl-C lands inside one; no checkpoint after the initial one.
     child = spawn(["--run", "tty2", "--save-every", "1000", "--set", "data.rows=100000"], workdir)
-    child.expect_exact("Continue training? [y/n]")
-    child.sendline("y")
-    child.expect_exact("Epochs:")
-    child.sendline("100000")
-    child.expect_exact("Learning rate:")
-    child.sendline("0.01")
+    answer_chunk(child, "100000", "0.01")
     child.expect(r"epoch\s+1 ")
     child.sendintr()
     child.expect_exact("stopping after this epoch")  # two presses at once would reach Python as one
@@ -68,12 +52,7 @@ def test_up_arrow_recalls_answers_from_an_earlier_session(workdir):
     for answers in ("y\n2\n0.004\nn\n",):
         run_lrctl(["--run", "hist"], workdir, stdin=answers)  # piped answers are not terminal history
     child = spawn(["--run", "hist"], workdir)
-    child.expect_exact("Continue training? [y/n]")
-    child.sendline("y")
-    child.expect_exact("Epochs:")
-    child.sendline("3")
-    child.expect_exact("Learning rate:")
-    child.sendline("0.002")
+    answer_chunk(child, "3", "0.002")
     child.expect_exact("chunk done at epoch 5")
     child.expect_exact("Continue training? [y/n]")  # keys typed during a chunk are the chunk's keys
     child.sendline("n")
