@@ -31,7 +31,7 @@ from pathlib import Path
 from lrctl import __version__
 from lrctl import config as config_mod
 from lrctl._numbers import parse_int
-from lrctl.runstore import RunError, RunStore
+from lrctl.runstore import HISTORY_DIR, RunError, RunStore
 from lrctl.schedules import ScheduleError
 from lrctl.schedules import parse as parse_schedule
 
@@ -330,7 +330,7 @@ def _run_repl(holder: list, loader: _Loader, view, finish: bool, tb_url: str | N
     repl.tb_url = tb_url
     repl.control = holder[1]
     if interactive:
-        repl.asker = TerminalAsker(session.store.dir / ".history", repl.toolbar)
+        repl.asker = TerminalAsker(session.store.dir / HISTORY_DIR, repl.toolbar)
     else:
         repl.asker = PlainAsker(sys.stdin, sys.stdout)
     try:
