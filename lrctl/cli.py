@@ -72,7 +72,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrctl", description="Tune a PyTorch learning rate by hand, chunk by chunk.")
+    parser = argparse.ArgumentParser(
+        prog="lrctl", description="Tune a PyTorch learning rate by hand, chunk by chunk.",
+        epilog="With no command lrctl trains interactively: lrctl [--run NAME] [--config PATH] [--plan PLAN] "
+               "[--tb] ... (lrctl train --help lists every option).")
     parser.add_argument("--version", action="version", version=f"lrctl {__version__}")
     sub = parser.add_subparsers(dest="command")
     train = sub.add_parser("train", help="train interactively (the default command)")
