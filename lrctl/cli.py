@@ -181,13 +181,17 @@ def _resolve_config(args: argparse.Namespace, store: RunStore) -> tuple[config_m
     explicit = getattr(args, "config", None) is not None or getattr(args, "set", [])
     if store.exists and not explicit:
         return None, ""
-    path = getattr(args, "config", None)
+    return load_config(getattr(args, "config", None), getattr(args, "set", []))
+
+
+def load_config(path: Path | None, assignments: list[str]) -> tuple[config_mod.RunConfig, str]:
+    """``--config`` (default configs/lesson.toml, else the built-in lesson) with ``--set`` applied."""
     if path is None and DEFAULT_CONFIG.exists():
         path = DEFAULT_CONFIG
     cfg, origin = config_mod.load(path)
-    if getattr(args, "set", []):
-        cfg = config_mod.with_overrides(cfg, args.set)
-        origin += " with --set " + " ".join(args.set)
+    if assignments:
+        cfg = config_mod.with_overrides(cfg, assignments)
+        origin += " with --set " + " ".join(assignments)
     return cfg, origin
 
 

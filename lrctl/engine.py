@@ -176,10 +176,13 @@ class Trainer:
             for p in params:
                 p.grad = None
             loss.backward()
-            grads = [p.grad for p in params]
-            if plain_sgd and all(g is not None for g in grads):
-                with torch.no_grad():
-                    torch._foreach_add_(params, grads, alpha=-group["lr"])
+            if plain_sgd:
+                grads = [p.grad for p in params]
+                if all(g is not None for g in grads):
+                    with torch.no_grad():
+                        torch._foreach_add_(params, grads, alpha=-group["lr"])
+                else:  # a parameter without a gradient this batch: SGD.step() skips it properly
+                    optimizer.step()
             else:
                 optimizer.step()
             if runner is not None:

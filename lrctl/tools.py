@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 
-from lrctl import config as config_mod
 from lrctl.runstore import RunError, RunStore
 
 
@@ -56,7 +55,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lrctl.cli import DEFAULT_CONFIG, parse_plan
+    from lrctl.cli import load_config, parse_plan
     from lrctl.compare import LESSON_PLANS, chart, run_all, summarize
 
     texts = args.plans or LESSON_PLANS
@@ -70,10 +69,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _say("lrctl: compare: a plan is given twice")
         return 2
     RunStore(args.runs_dir, args.name)  # the group name follows the run-name rules
-    path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    cfg, _ = config_mod.load(path)
-    if args.set:
-        cfg = config_mod.with_overrides(cfg, args.set)
+    cfg, _ = load_config(args.config, args.set)
     _say(f"comparing {len(texts)} plans" + (f" over seeds {', '.join(map(str, seeds))}" if seeds else "")
          + f" · runs in {args.runs_dir / args.name} · tensorboard --logdir {args.runs_dir / args.name}")
     results = run_all(args.runs_dir, args.name, plans, texts, seeds, cfg, _say)
