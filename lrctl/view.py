@@ -169,7 +169,8 @@ class View(Observer):
                       "they will be rewritten)")
         elif outcome.status == "diverged":
             self.error(f"diverged: {outcome.detail}; rolled back to epoch {outcome.step}, the last finite "
-                       f"checkpoint ({outcome.dropped} epochs dropped). Try a smaller learning rate than "
+                       f"checkpoint ({outcome.dropped} epoch{'s' if outcome.dropped != 1 else ''} dropped). "
+                       "Try a smaller learning rate than "
                        f"{fmt_lr(outcome.lr)}.")
 
     def lr_table(self, lrs: list[float]) -> None:
