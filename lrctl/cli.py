@@ -24,6 +24,7 @@ Exit codes: 0 done, 1 error (message on stderr), 2 bad usage, 130 a --plan inter
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import threading
 from pathlib import Path
@@ -69,6 +70,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-checkpoints", type=int, default=10, metavar="K",
                    help="keep the checkpoints of the last K chunk boundaries, for undo and fork --at (default 10)")
     p.add_argument("--tb", action="store_true", help="start TensorBoard beside the prompt (stopped on exit)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train data-parallel on N processes of this machine (runs torchrun; rank 0 prompts)")
+    p.add_argument("--max-restarts", type=int, default=0, metavar="K",
+                   help="with --nproc: restart the processes up to K times if one dies (they resume the run)")
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others in training before it gives up "
+                        "with an error (default 300)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # torchrun ... -m lrctl -- --run R (torchrun would read --run as its --run-path)
+        argv = argv[1:]
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         argv.insert(0, "train")
     args = build_parser().parse_args(argv)
@@ -221,11 +231,8 @@ class _Loader:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lrctl.session import DEFAULT_SAVE_EVERY, RunSession
-    from lrctl.view import View
-
     run_name = args.run
-    store = RunStore(args.runs_dir, run_name)  # validates the name before any file is touched
+    RunStore(args.runs_dir, run_name)  # validates the name before any file is touched
     plan = None
     if getattr(args, "plan", None) is not None:
         try:
@@ -233,14 +240,118 @@ def cmd_train(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"lrctl: --plan: {e}", file=sys.stderr)
             return EXIT_USAGE
-    resuming = args.command == "resume"
-    if resuming and not store.exists:
+    from lrctl import distributed
+
+    if args.nproc is not None and distributed.world_size_from_env() <= 1:
+        if args.nproc < 1 or args.max_restarts < 0:
+            print("lrctl: --nproc must be at least 1 and --max-restarts at least 0", file=sys.stderr)
+            return EXIT_USAGE
+        return distributed.launch(args.nproc, _without_launch_options(sys.argv[1:]), args.max_restarts)
+    timeout = distributed.DEFAULT_TIMEOUT if args.dist_timeout is None else args.dist_timeout
+    group = distributed.Group.join(timeout) if distributed.world_size_from_env() > 1 else None
+    try:
+        if group is not None and not group.is_main:
+            try:
+                return _follow(args, group)
+            except distributed.DistError as e:
+                if e.shared:
+                    return EXIT_ERROR  # rank 0 says it
+                raise
+        return _train(args, plan, group)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _without_launch_options(argv: list[str]) -> list[str]:
+    """The command line for the workers: --nproc and --max-restarts are the launcher's."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--nproc", "--max-restarts"):
+            skip = True
+        elif not arg.startswith(("--nproc=", "--max-restarts=")):
+            out.append(arg)
+    return out
+
+
+def _given_config(args: argparse.Namespace, new_run: bool) -> dict | None:
+    """What this rank's command line asks for (compared across ranks); None when the run's own config rules.
+
+    File paths are left out (they may differ between machines; the data's checksum is compared instead),
+    and so are runtime settings."""
+    explicit = getattr(args, "config", None) is not None or getattr(args, "set", [])
+    if not (explicit or new_run):
+        return None
+    cfg, _ = load_config(getattr(args, "config", None), getattr(args, "set", []))
+    raw = config_mod.to_dict(cfg)
+    for section, key in (("data", "path"), ("data", "factory"), ("model", "factory"), *config_mod.RUNTIME_KEYS):
+        raw.get(section, {}).pop(key, None)
+    return raw
+
+
+def _follow(args: argparse.Namespace, group) -> int:
+    """A rank other than 0: build the same session, then do what rank 0 says; never read stdin or print."""
+    import signal
+
+    from lrctl.distributed import follow
+    from lrctl.session import RunSession
+
+    start = group.receive()
+    if start.get("op") != "start":
+        return EXIT_ERROR  # rank 0 could not open the run and says why
+    session = RunSession.replica(start["run"], config_mod.from_dict(start["config"]), group)
+
+    def stop(signum: int, frame: object) -> None:  # torchrun is ending the job: stop with rank 0
+        if session._stop:
+            session.request_abandon()
+        session.shutdown = True
+        session.request_stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        session.given_config = _given_config(args, start["new"])
+    except config_mod.ConfigError as e:
+        session.given_config = {"error": str(e)}
+    session.load()
+    return follow(session)
+
+
+def _train(args: argparse.Namespace, plan, group) -> int:
+    """Rank 0, or the only process: open the run, prompt (or run the plan), close."""
+    started = False
+    try:
+        session, prebuilt, origin = _open(args, group)
+        if session is None:
+            return EXIT_USAGE
+        if group is not None:
+            session.given_config = _given_config(args, session.is_new)
+            group.send({"op": "start", "run": session.store.name, "new": session.is_new,
+                        "config": config_mod.to_dict(session.cfg)})
+        started = True
+    finally:
+        if group is not None and not started:
+            with contextlib.suppress(Exception):
+                group.send({"op": "abort"})
+    return _serve(args, plan, group, session, prebuilt)
+
+
+def _open(args: argparse.Namespace, group):
+    """Settle the config, build user data early, lock the run. Returns (session or None on bad usage, prebuilt)."""
+    from lrctl.session import DEFAULT_SAVE_EVERY, RunSession
+    from lrctl.view import View
+
+    run_name = args.run
+    store = RunStore(args.runs_dir, run_name)
+    if args.command == "resume" and not store.exists:
         raise RunError(f"no run '{run_name}' in {args.runs_dir}; start it with: lrctl --run {run_name}")
     cfg, origin = _resolve_config(args, store)
     save_every = DEFAULT_SAVE_EVERY if args.save_every is None else args.save_every
     if save_every < 0:
         print("lrctl: --save-every must be >= 0", file=sys.stderr)
-        return EXIT_USAGE
+        return None, None, origin
     if cfg is None:
         from lrctl.session import _read_frozen_config
 
@@ -251,10 +362,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         from lrctl.engine import Trainer
 
         prebuilt = Trainer(cfg)
-    view = View()
     session = RunSession.open(args.runs_dir, run_name, cfg, force_config=getattr(args, "force_config", False),
-                              save_every=save_every, observer=view, config_origin=origin,
-                              keep=args.keep_checkpoints)
+                              save_every=save_every, observer=View(), config_origin=origin,
+                              keep=args.keep_checkpoints, group=group)
+    return session, prebuilt, origin
+
+
+def _serve(args: argparse.Namespace, plan, group, session, prebuilt) -> int:
+    """The open run: banner, TensorBoard, control socket, then the REPL or the plan; always closed."""
+    run_name = session.store.name
+    view = session.observer
     view.on_closed = session.request_stop
     logdir = str(args.runs_dir / run_name)
     board = None
@@ -274,19 +391,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         view.warn(f"no control socket for this run (lrctl send is unavailable): {session.store.dir} "
                   "is too long a path for a Unix socket, or the platform has none")
     view.banner(run_name, session.is_new, session.store.summary(), session.cfg.describe(), logdir)
+    if group is not None:
+        view.say(group.describe() + (f" · restart {group.restart_count}" if group.restart_count else ""))
     for problem in session.store.check_checkpoints()[1]:
         view.warn(problem)
     loader = _Loader(session, prebuilt)
     code, reason = EXIT_OK, "quit"
     holder = [session, control]  # the REPL may continue in a fork
+    # torchrun restarted the workers after one died: finish the interrupted work first, without asking.
+    restarted = group is not None and group.restart_count > 0
+    orderly = False  # the other ranks are told to quit only then: after an error they may be mid-collective
     try:
         if plan is not None:
-            code, reason = _run_plan(session, plan, loader, view)
+            code, reason = _run_plan(session, plan, loader, view, resume_only=restarted and _job_ran(session, group))
         else:
-            code, reason = _run_repl(holder, loader, view, finish=resuming, tb_url=board.url if board else None)
+            code, reason = _run_repl(holder, loader, view, finish=args.command == "resume" or restarted,
+                                     tb_url=board.url if board else None)
+        orderly = True
     except KeyboardInterrupt:
         reason = "interrupt"
         code = EXIT_INTERRUPTED if plan is not None else EXIT_OK
+        orderly = True
     finally:
         loader.start()  # even a session quit at once writes its initial checkpoint
         loader.thread.join()
@@ -295,6 +420,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             session.close(reason)
         else:
             session.store.close()
+            if session.is_new and loader.error is not None:  # never loaded, nothing trained: leave no run behind
+                import shutil
+
+                shutil.rmtree(session.store.dir, ignore_errors=True)
+        if group is not None and orderly and loader.error is None:
+            with contextlib.suppress(Exception):  # a rank may be gone already
+                group.send({"op": "quit", "reason": reason, "code": code})
         if board is not None:
             board.stop()
         control.stop()
@@ -307,12 +439,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return code
 
 
-def _run_plan(session, plan, loader: _Loader, view) -> tuple[int, str]:
+def _job_ran(session, group) -> bool:
+    """Whether this torchrun job (before a restart) already recorded its --plan as the run's work."""
+    return any(e.get("event") == "command" and e.get("job") == group.job for e in session.store.read_journal())
+
+
+def _run_plan(session, plan, loader: _Loader, view, resume_only: bool = False) -> tuple[int, str]:
     from lrctl.repl import chunk_interrupts
 
     loader.wait()
     for warning in session.load_warnings:
         view.warn(warning)
+    if resume_only:  # the plan is already the run's pending work: finish what is left of it
+        view.say("the plan was started before the restart: finishing what is left of it")
+        with chunk_interrupts(session, view):
+            outcome = session.finish_pending()
+        return _plan_result(session, outcome, view)
     pending = session.pending
     if pending is not None:
         view.warn(f"replacing the run's interrupted work ({pending.describe(session.global_step)}) with --plan")
@@ -320,6 +462,10 @@ def _run_plan(session, plan, loader: _Loader, view) -> tuple[int, str]:
         raise RunError("--plan starts with keep, but the run has no schedule to keep")
     with chunk_interrupts(session, view):
         outcome = session.run_plan(plan)
+    return _plan_result(session, outcome, view)
+
+
+def _plan_result(session, outcome, view) -> tuple[int, str]:
     if outcome.status in ("stopped", "abandoned"):
         view.say(f"interrupted; the rest of the plan is saved: lrctl resume {session.store.name}")
         return EXIT_INTERRUPTED, "interrupt"
@@ -339,7 +485,7 @@ def _run_repl(holder: list, loader: _Loader, view, finish: bool, tb_url: str | N
     if interactive:
         repl.asker = TerminalAsker(session.store.dir / HISTORY_DIR, repl.toolbar)
     else:
-        repl.asker = PlainAsker(sys.stdin, sys.stdout)
+        repl.asker = PlainAsker(sys.stdin, sys.stdout, unbuffered=session.group is not None)
     try:
         reason = repl.run(finish_pending=finish)
     finally:

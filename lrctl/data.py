@@ -238,3 +238,51 @@ def epoch_order(n: int, shuffle_seed: int, epoch: int, device: torch.device | st
 def batches_per_epoch(n: int, batch_size: int) -> int:
     """Every row is used each epoch; a short last batch is kept (DataLoader's drop_last=False)."""
     return -(-n // batch_size)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One rank's share of every epoch, the same for every epoch (only the row order changes).
+
+    ``positions``: which places of the epoch's order this rank trains on, batch after batch;
+    ``bounds``: where each batch's rows start and end within them; ``scales``: what each batch's
+    loss is multiplied by so that DDP's mean over ranks equals the loss of the whole batch."""
+
+    positions: list[int]
+    bounds: list[tuple[int, int]]
+    scales: list[float]
+
+
+def shard(n: int, batch_size: int, rank: int, world: int) -> Shard:
+    """Split every batch of the single-process epoch into ``world`` disjoint contiguous parts.
+
+    The batch size stays the global one, so there are as many optimizer steps per epoch as with one
+    process, and an lr (or a per-batch schedule) means the same thing on any number of processes.
+    A rank whose part of a short last batch is empty trains on one row with weight 0 (DDP needs
+    every rank in every step).
+
+    >>> shard(5, 4, 0, 2)  # batches [0..3] and [4]: rank 0 gets rows 0-1, then none of the last
+    Shard(positions=[0, 1, 4], bounds=[(0, 2), (2, 3)], scales=[1.0, 0.0])
+    >>> shard(5, 4, 1, 2)  # the last batch's one row counts twice: DDP halves it
+    Shard(positions=[2, 3, 4], bounds=[(0, 2), (2, 3)], scales=[1.0, 2.0])
+    """
+    positions: list[int] = []
+    bounds, scales = [], []
+    for b in range(batches_per_epoch(n, batch_size)):
+        lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
+        size = hi - lo
+        first, last = lo + size * rank // world, lo + size * (rank + 1) // world
+        start = len(positions)
+        if last > first:
+            positions.extend(range(first, last))
+            scales.append((last - first) * world / size)
+        else:
+            positions.append(lo)
+            scales.append(0.0)
+        bounds.append((start, len(positions)))
+    return Shard(positions, bounds, scales)
+
+
+def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """The rows ``[start, stop)`` of an ``n``-row set that ``rank`` evaluates."""
+    return n * rank // world, n * (rank + 1) // world

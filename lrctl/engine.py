@@ -129,9 +129,51 @@ class Trainer:
         self._x_eval = torch.cat([s.x_train, s.x_test]) if small else None
         self._loaders = None if s.in_memory else _Loaders(s, self.batch_size, self.device)
         self._loss_is_metric = cfg.loss == cfg.metric
+        # Data-parallel (see attach): the module the batches go through, and this rank's share.
+        self.group: Any = None
+        self.forward_model: nn.Module = self.model
+        self._shard: data_mod.Shard | None = None
+        self._positions: torch.Tensor | None = None
+        self._has_buffers = any(True for _ in self.model.buffers())
+        self.torn = False  # True while an epoch is half done: such weights are never saved
         self.global_step = 0
         self.runner: ScheduleRunner | None = None
         self.history: list[dict[str, float | int]] = []
+
+    def attach(self, group: Any) -> None:
+        """Train data-parallel in ``group`` (a :class:`lrctl.distributed.Group`): DDP over the model,
+        this rank's part of every batch, metrics summed over the ranks' parts of the sets."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.group = group
+        device_ids = [torch.cuda.current_device()] if self.device.type == "cuda" else None
+        # Buffers (batch-norm statistics) are shared from rank 0 once per epoch, not at every forward.
+        import inspect
+
+        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters  # torch >= 2.13
+        no_sync = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
+        self.forward_model = DistributedDataParallel(self.model, device_ids=device_ids, **no_sync)
+        self._shard = data_mod.shard(self.split.n_train, self.batch_size, group.rank, group.world_size)
+        s = self.split
+        if s.in_memory:
+            self._positions = torch.tensor(self._shard.positions, device=self.device)
+            self._eval_rows = (data_mod.shard_range(len(s.x_train), group.rank, group.world_size),
+                               data_mod.shard_range(len(s.x_test), group.rank, group.world_size))
+        else:
+            self._loaders.shard(self._shard, group.rank, group.world_size)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What every rank must have the same of: data shapes and content, model shape, batching."""
+        s = self.split
+        facts: dict[str, Any] = {
+            "train rows": s.n_train, "test rows": len(s.x_test) if s.in_memory else len(s.test_set),
+            "features in/out": [s.in_features, s.out_features(self.cfg)],
+            "model parameters": [list(p.shape) for p in self.model.parameters()],
+            "batches per epoch": self.batches_per_epoch}
+        if s.in_memory:  # a checksum of the data (rounded: summation order may differ between machines)
+            tensors = (s.x_train, s.y_train, s.x_test, s.y_test)
+            facts["data checksum"] = [f"{float(t.double().sum()):.6g}" for t in tensors]
+        return facts
 
     # -- schedules ---------------------------------------------------------------------------
     def start_schedule(self, spec: ScheduleSpec, epochs: int) -> None:
@@ -154,13 +196,18 @@ class Trainer:
                                      self.device if self._loaders is None else "cpu")
         if self._loaders is not None:
             return self._loaders.train(order)
+        if self._positions is not None:  # data-parallel: this rank's rows of every batch
+            rows = order[self._positions]
+            xs, ys = self.split.x_train[rows], self.split.y_train[rows]
+            return ((xs[a:z], ys[a:z]) for a, z in self._shard.bounds)
         xs, ys = self.split.x_train[order], self.split.y_train[order]  # one gather, then contiguous slices
         bs = self.batch_size
         return ((xs[b * bs:(b + 1) * bs], ys[b * bs:(b + 1) * bs]) for b in range(self.batches_per_epoch))
 
     def _run_batches(self, on_batch_end: Callable[[int, int], None] | None) -> list[float] | None:
         """One epoch of optimizer steps. No host syncs in here (tests enforce it)."""
-        model, optimizer, loss_fn, runner = self.model, self.optimizer, self.loss_fn, self.runner
+        model, optimizer, loss_fn, runner = self.forward_model, self.optimizer, self.loss_fn, self.runner
+        scales = self._shard.scales if self._shard is not None else None
         nb = self.batches_per_epoch
         batch_lrs = [] if runner is not None and runner.per_batch else None
         params, plain_sgd = self._params, self._plain_sgd
@@ -172,6 +219,8 @@ class Trainer:
             if batch_lrs is not None:
                 batch_lrs.append(optimizer.param_groups[0]["lr"])
             loss = loss_fn(model(x), y)
+            if scales is not None and scales[b] != 1.0:
+                loss = loss * scales[b]  # a rank's uneven part of the batch: DDP's mean = the whole batch's loss
             # zero_grad(set_to_none=True) without its per-call profiler context: same effect, cheaper.
             for p in params:
                 p.grad = None
@@ -194,10 +243,13 @@ class Trainer:
     def evaluate(self) -> tuple[float, float, float]:
         """(train metric, test metric, train loss) on the whole sets, in eval mode, read with one sync."""
         s = self.split
+        if self.group is not None:
+            return self._evaluate_shared()
         self.model.eval()
         with torch.inference_mode():
             if self._loaders is not None:
-                values = self._loaders.evaluate(self.model, self.metric_fn, self.loss_fn)
+                sums, counts = self._loaders.evaluate(self.model, self.metric_fn, self.loss_fn)
+                values = (sums / torch.tensor(counts, device=sums.device)).tolist()
             elif self._x_eval is not None:
                 pred_train, pred_test = self.model(self._x_eval).split([len(s.x_train), len(s.x_test)])
             else:
@@ -206,6 +258,29 @@ class Trainer:
                 train, test = self.metric_fn(pred_train, s.y_train), self.metric_fn(pred_test, s.y_test)
                 loss = train if self._loss_is_metric else self.loss_fn(pred_train, s.y_train)
                 values = torch.stack([train, test, loss]).tolist()
+        self.model.train()
+        return values[0], values[1], values[2]
+
+    def _evaluate_shared(self) -> tuple[float, float, float]:
+        """Each rank evaluates its part of both sets; the sums over ranks give the whole-set numbers."""
+        s = self.split
+        self.model.eval()
+        with torch.inference_mode():
+            if self._loaders is not None:
+                sums, counts = self._loaders.evaluate(self.model, self.metric_fn, self.loss_fn)
+                totals = [len(s.train_set), len(s.test_set), len(s.train_set)]
+            else:
+                (a, z), (c, d) = self._eval_rows
+                zero = torch.zeros((), device=self.device)
+                pred_train, pred_test = self.model(torch.cat([s.x_train[a:z], s.x_test[c:d]])).split([z - a, d - c])
+                y_train, y_test = s.y_train[a:z], s.y_test[c:d]
+                train = self.metric_fn(pred_train, y_train) * (z - a) if z > a else zero
+                test = self.metric_fn(pred_test, y_test) * (d - c) if d > c else zero
+                loss = self.loss_fn(pred_train, y_train) * (z - a) if z > a else zero
+                sums = torch.stack([train, test, loss])
+                totals = [len(s.x_train), len(s.x_test), len(s.x_train)]
+            self.group.sum(sums)  # in here: an inference tensor can only be changed in inference mode
+        values = (sums / torch.tensor(totals, device=sums.device, dtype=sums.dtype)).tolist()
         self.model.train()
         return values[0], values[1], values[2]
 
@@ -221,7 +296,10 @@ class Trainer:
         for _ in range(epochs):
             started = time.perf_counter()
             lr = self.lr
+            self.torn = True
             batch_lrs = self._run_batches(on_batch_end)
+            if self.group is not None and self._has_buffers:
+                self.group.broadcast_buffers(self.model)
             train, test, loss = self.evaluate()
             record = EpochRecord(self.global_step, lr, train, test, time.perf_counter() - started,
                                  tuple(batch_lrs) if batch_lrs is not None else None)
@@ -230,6 +308,7 @@ class Trainer:
             if self.runner is not None:
                 self.runner.after_epoch(test)
             self.global_step += 1
+            self.torn = False
             self.history.append(record.history_entry())
             records.append(record)
             if on_epoch_end is not None:
@@ -255,6 +334,7 @@ class Trainer:
                        if state.get("schedule") else None)
         self.optimizer.load_state_dict(state["optimizer"])
         self.global_step = int(state["global_step"])
+        self.torn = False
         self.history = list(state.get("history", []))
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
@@ -262,16 +342,27 @@ class Trainer:
 
 
 class _EpochSampler(torch.utils.data.Sampler):
-    """Yields the order set for the current epoch (iterated in the main process, so workers need no state)."""
+    """Yields the batches (lists of row indices) set for the current epoch; iterated in the main process,
+    so workers need no state."""
 
-    def __init__(self, n: int) -> None:
-        self.order: list[int] = list(range(n))
+    def __init__(self, n: int, batch_size: int) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.shard: data_mod.Shard | None = None
+        self.batches: list[list[int]] = []
+
+    def set_order(self, order: list[int]) -> None:
+        if self.shard is not None:
+            mine = [order[p] for p in self.shard.positions]
+            self.batches = [mine[a:z] for a, z in self.shard.bounds]
+        else:
+            bs = self.batch_size
+            self.batches = [order[i:i + bs] for i in range(0, self.n, bs)]
 
     def __iter__(self):
-        return iter(self.order)
+        return iter(self.batches)
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.batches)
 
 
 class _Loaders:
@@ -281,21 +372,33 @@ class _Loaders:
         from torch.utils.data import DataLoader
 
         workers = min(2, torch.get_num_threads(), max(1, (len(split.train_set) // batch_size) // 4))
-        self.device = device
-        self.sampler = _EpochSampler(len(split.train_set))
-        common = {"batch_size": batch_size, "num_workers": workers, "persistent_workers": workers > 0,
-                  "pin_memory": device.type == "cuda"}
-        self.train_loader = DataLoader(split.train_set, sampler=self.sampler, **common)
-        self.eval_loaders = [DataLoader(s, shuffle=False, **common) for s in (split.train_set, split.test_set)]
+        self.device, self.split = device, split
+        self.sampler = _EpochSampler(len(split.train_set), batch_size)
+        self.common = {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": device.type == "cuda"}
+        self.train_loader = DataLoader(split.train_set, batch_sampler=self.sampler, **self.common)
+        self.eval_loaders = [DataLoader(s, batch_size=batch_size, shuffle=False, **self.common)
+                             for s in (split.train_set, split.test_set)]
+        self.batch_size = batch_size
+
+    def shard(self, shard: data_mod.Shard, rank: int, world: int) -> None:
+        """Train on this rank's part of every batch; evaluate this rank's part of each set."""
+        from torch.utils.data import DataLoader, Subset
+
+        self.sampler.shard = shard
+        self.eval_loaders = []
+        for dataset in (self.split.train_set, self.split.test_set):
+            start, stop = data_mod.shard_range(len(dataset), rank, world)
+            self.eval_loaders.append(DataLoader(Subset(dataset, range(start, stop)), batch_size=self.batch_size,
+                                                shuffle=False, **self.common))
 
     def train(self, order: torch.Tensor):
-        self.sampler.order = order.tolist()
+        self.sampler.set_order(order.tolist())
         for x, y in self.train_loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def evaluate(self, model: nn.Module, metric_fn, loss_fn) -> list[float]:
-        """Full-set metrics as sums of per-batch means weighted by batch size, read once."""
-        totals = []
+    def evaluate(self, model: nn.Module, metric_fn, loss_fn) -> tuple[torch.Tensor, list[int]]:
+        """Sums over the sets of per-batch means weighted by batch size (train, test, train loss), and the counts."""
+        sums, counts = [], []
         for i, loader in enumerate(self.eval_loaders):
             metric_sum = loss_sum = torch.zeros((), device=self.device)
             count = 0
@@ -306,6 +409,7 @@ class _Loaders:
                 if i == 0:
                     loss_sum = loss_sum + loss_fn(pred, y) * len(x)
                 count += len(x)
-            totals += [metric_sum / count] + ([loss_sum / count] if i == 0 else [])
-        train, loss, test = totals
-        return torch.stack([train, test, loss]).tolist()
+            sums += [metric_sum] + ([loss_sum] if i == 0 else [])
+            counts += [count] + ([count] if i == 0 else [])
+        train, loss, test = sums
+        return torch.stack([train, test, loss]), [counts[0], counts[2], counts[1]]

@@ -23,8 +23,9 @@ KEYS_HELP = "keys: p pause/continue · s stop after this epoch · c checkpoint �
 class KeyReader:
     """Reads keys from ``fd`` in a thread while the ``with`` block (a chunk) runs."""
 
-    def __init__(self, session: Any, view: Any, fd: int | None = None) -> None:
-        self.session, self.view = session, view
+    def __init__(self, session: Any, view: Any, fd: int | None = None, on_ctrl_c: Any = None) -> None:
+        """``on_ctrl_c``: read Ctrl-C as a key and call this (the terminal then sends no SIGINT)."""
+        self.session, self.view, self.on_ctrl_c = session, view, on_ctrl_c
         self.fd = sys.stdin.fileno() if fd is None else fd
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -32,12 +33,11 @@ class KeyReader:
 
     def __enter__(self) -> KeyReader:
         import termios
-        import tty
 
         if not os.isatty(self.fd):
             return self
         self._saved = termios.tcgetattr(self.fd)
-        tty.setcbreak(self.fd)
+        self._cbreak()
         self._thread = threading.Thread(target=self._loop, name="lrctl-keys", daemon=True)
         self._thread.start()
         return self
@@ -62,9 +62,21 @@ class KeyReader:
                 return
             self.handle(key)
 
+    def _cbreak(self) -> None:
+        import termios
+        import tty
+
+        tty.setcbreak(self.fd)
+        if self.on_ctrl_c is not None:
+            mode = termios.tcgetattr(self.fd)
+            mode[3] &= ~termios.ISIG
+            termios.tcsetattr(self.fd, termios.TCSANOW, mode)
+
     def handle(self, key: str) -> None:
         session = self.session
-        if key == "p":
+        if key == "\x03" and self.on_ctrl_c is not None:
+            self.on_ctrl_c()
+        elif key == "p":
             session.submit({"cmd": "resume" if session.paused else "pause", "source": "key"})
         elif key == "s":
             session.submit({"cmd": "stop", "source": "key"})
@@ -78,7 +90,6 @@ class KeyReader:
     def _line(self, prompt: str) -> str:
         """One line typed in canonical mode (echo on), then back to cbreak."""
         import termios
-        import tty
 
         termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
         try:
@@ -91,7 +102,7 @@ class KeyReader:
                 data += chunk
             return data.decode(errors="replace").strip()
         finally:
-            tty.setcbreak(self.fd)
+            self._cbreak()
 
     def _change_lr(self) -> None:
         """Pause, ask for the lr (and what it means under a schedule), apply, continue."""

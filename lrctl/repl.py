@@ -41,15 +41,30 @@ class Asker(Protocol):
 class PlainAsker:
     """Reads answers line by line (a pipe, a file); echoes them so the output reads as a transcript."""
 
-    def __init__(self, stdin: TextIO, out: TextIO) -> None:
-        self.stdin, self.out = stdin, out
+    def __init__(self, stdin: TextIO, out: TextIO, unbuffered: bool = False) -> None:
+        self.stdin, self.out, self.unbuffered = stdin, out, unbuffered
+
+    def _readline(self) -> str:
+        """One line; unbuffered reads take no byte past it, so a process started after this one dies
+        (torchrun restarting the workers) reads the answers that are left."""
+        if not self.unbuffered:
+            return self.stdin.readline()
+        import os
+
+        data = b""
+        while not data.endswith(b"\n"):
+            byte = os.read(self.stdin.fileno(), 1)
+            if not byte:
+                break
+            data += byte
+        return data.decode(errors="replace")
 
     def ask(self, question: Question, text: str, placeholder: str | None = None,
             on_shown: Callable[[], None] | None = None) -> str:
         self._write(text)
         if on_shown is not None:
             on_shown()
-        line = self.stdin.readline()
+        line = self._readline()
         if not line:
             self._write("\n")
             raise EOFError
@@ -109,27 +124,49 @@ class TerminalAsker:
         return self._session(question).prompt(text, placeholder=hint, pre_run=pre_run)
 
 
-@contextlib.contextmanager
-def chunk_interrupts(session: RunSession, view: View) -> Iterator[None]:
-    """During a chunk: first Ctrl-C (or SIGTERM) stops after the epoch; the second abandons it at once."""
-    presses = 0
+class ChunkInterrupts:
+    """What Ctrl-C means during a chunk: the first stops after the epoch, the second abandons it at once.
 
-    def handler(signum: int, frame: object) -> None:
-        nonlocal presses
-        presses += 1
-        if presses == 1:
+    Data-parallel, nothing is raised from a handler (a rank must not leave a collective half-way): the
+    ranks agree at the next batch boundary. A *signal* there comes from torchrun ending the job (the
+    terminal's Ctrl-C reaches torchrun; on a terminal rank 0 reads Ctrl-C as a key), so the session
+    also quits after the chunk."""
+
+    def __init__(self, session: RunSession, view: View) -> None:
+        self.session, self.view, self.presses = session, view, 0
+
+    def press(self, from_signal: bool = False) -> None:
+        session = self.session
+        data_parallel = session.group is not None
+        if from_signal and data_parallel:
+            session.shutdown = True
+        self.presses += 1
+        if self.presses == 1:
             session.request_stop()
-            view.warn("stopping after this epoch (everything kept) · Ctrl-C again abandons the epoch")
+            self.view.warn("stopping after this epoch (everything kept) · Ctrl-C again abandons the epoch")
+            return
+        if data_parallel:
+            session.request_abandon()
+            self.view.warn("abandoning this epoch on every rank at the next batch")
             return
         if session.in_critical:  # never tear a checkpoint write; abandon right after it
             session.abort_after_critical = True
             return
         raise KeyboardInterrupt
 
+
+@contextlib.contextmanager
+def chunk_interrupts(session: RunSession, view: View) -> Iterator[ChunkInterrupts]:
+    """Ctrl-C (SIGINT) and SIGTERM during a chunk, as :class:`ChunkInterrupts` says."""
+    interrupts = ChunkInterrupts(session, view)
+
+    def handler(signum: int, frame: object) -> None:
+        interrupts.press(from_signal=True)
+
     old_int = signal.signal(signal.SIGINT, handler)
     old_term = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield interrupts
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
@@ -179,6 +216,9 @@ class Repl:
                 expression = self._ask_expression(epochs)
                 self.last_epochs, self.last_expression = epochs, expression
                 self._train(lambda e=epochs, x=expression: self.session.train(e, x))
+                if self.session.shutdown:
+                    self._say_shutdown()
+                    return "interrupt"
             return "closed"
         except _Quit:
             return "quit"
@@ -198,8 +238,14 @@ class Repl:
         if finish:
             self.view.say(f"finishing the interrupted work ({detail})")
             self._train(self.session.finish_pending)
+            if self.session.shutdown:
+                self._say_shutdown()
+                raise _Quit
         else:
             self.session.drop_pending("declined at the prompt")
+
+    def _say_shutdown(self) -> None:
+        self.view.warn(f"torchrun is ending the job: saved at epoch {self.session.global_step}")
 
     def _train(self, command: Callable[[], ChunkOutcome]) -> ChunkOutcome:
         from lrctl.keys import KEYS_HELP, KeyReader, keys_active
@@ -207,10 +253,13 @@ class Repl:
         self._wait()
         use_keys = self.keys and keys_active()
         self.view.keys_help = KEYS_HELP if use_keys else ""
-        with chunk_interrupts(self.session, self.view):
+        with chunk_interrupts(self.session, self.view) as interrupts:
             if not use_keys:
                 return command()
-            with KeyReader(self.session, self.view):
+            # Under torchrun the terminal's Ctrl-C would go to torchrun (the foreground process), which
+            # ends the job; read as a key here it means what it means on one process.
+            ctrl_c = interrupts.press if self.session.group is not None else None
+            with KeyReader(self.session, self.view, on_ctrl_c=ctrl_c):
                 return command()
 
     def _wait(self) -> None:

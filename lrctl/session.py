@@ -16,6 +16,7 @@ which the CLI runs in a background thread while the first question waits for an 
 
 from __future__ import annotations
 
+import json
 import queue
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from lrctl.runstore import DEFAULT_KEEP, Pending, RunError, RunStore
 from lrctl.schedules import ScheduleSpec, parse
 
 if TYPE_CHECKING:
+    from lrctl.distributed import Group
     from lrctl.engine import EpochRecord, Trainer
     from lrctl.tblog import MetricLogger
 
@@ -62,8 +64,16 @@ class RunSession:
 
     def __init__(self, store: RunStore, cfg: config_mod.RunConfig, is_new: bool,
                  save_every: float = DEFAULT_SAVE_EVERY, observer: Observer | None = None,
-                 keep: int = DEFAULT_KEEP) -> None:
+                 keep: int = DEFAULT_KEEP, group: Group | None = None) -> None:
         self.store, self.cfg, self.is_new, self.save_every, self.keep = store, cfg, is_new, save_every, keep
+        # Data-parallel: every rank runs a session; only rank 0's writes files, and it tells the others
+        # what to do (lrctl.distributed). ``given_config`` is what this rank's command line asked for.
+        self.group = group
+        self.writes = group is None or group.is_main
+        self.given_config: dict[str, Any] | None = None
+        self.shutdown = False  # torchrun is ending the job: stop after the epoch and quit
+        self._abandon = False
+        self._outbox: list[dict[str, Any]] = []
         self.chunks: list[dict[str, Any]] = []  # {start, end, expr} of every chunk trained, for plots and undo
         self.observer = observer or Observer()
         self.trainer: Trainer | None = None
@@ -88,7 +98,7 @@ class RunSession:
     @classmethod
     def open(cls, runs_dir: Path, name: str, cfg: config_mod.RunConfig, *, force_config: bool = False,
              save_every: float = DEFAULT_SAVE_EVERY, observer: Observer | None = None,
-             config_origin: str = "", keep: int = DEFAULT_KEEP) -> RunSession:
+             config_origin: str = "", keep: int = DEFAULT_KEEP, group: Group | None = None) -> RunSession:
         """Lock the run and settle its config. No torch. Raises RunError/RunLocked."""
         store = RunStore(runs_dir, name)
         is_new = not store.exists
@@ -116,11 +126,18 @@ class RunSession:
         except BaseException:
             store.close()
             raise
-        session = cls(store, cfg, is_new, save_every, observer, keep)
+        session = cls(store, cfg, is_new, save_every, observer, keep, group)
         if note:
             session.load_warnings.append(note)
         store.journal("session_start", new=is_new, config=config_origin)
         return session
+
+    @classmethod
+    def replica(cls, name: str, cfg: config_mod.RunConfig, group: Group) -> RunSession:
+        """A rank other than 0: the same session over no files, driven by :func:`lrctl.distributed.follow`."""
+        from lrctl.distributed import ReplicaStore
+
+        return cls(ReplicaStore(name), cfg, False, save_every=float("inf"), group=group)  # type: ignore[arg-type]
 
     def load(self, trainer: Trainer | None = None) -> None:
         """Import torch, build the model and data, restore the latest good checkpoint, open TensorBoard.
@@ -128,9 +145,56 @@ class RunSession:
         ``trainer``: one already built from this config (the CLI builds user data/models before
         creating the run directory, to report their errors first)."""
         from lrctl.engine import Trainer
+
+        if self.group is not None:
+            trainer = self._join_ranks(trainer)
+        trainer = trainer or Trainer(self.cfg)
+        if self.writes:
+            self._load_files(trainer)
+        else:
+            from lrctl.tblog import NullLogger
+
+            self.trainer, self.logger = trainer, NullLogger()
+        if self.group is not None:  # every rank starts from rank 0's state
+            state = self._synced(lambda: {"trainer": trainer.state_dict(), "chunks": self.chunks})
+            if not self.writes:
+                trainer.load_state_dict(state["trainer"])
+                self.chunks = list(state["chunks"])
+                self.saved_step = self._opened_step = trainer.global_step
+
+    def _join_ranks(self, trainer: Trainer | None) -> Trainer:
+        """Build this rank's model and data, check every rank has the same, then wrap in DDP."""
+        from lrctl.engine import Trainer
+
+        facts: dict[str, Any]
+        try:
+            trainer = trainer or Trainer(self.cfg)
+            facts = {**trainer.fingerprint(), "config": json.dumps(self.given_config, sort_keys=True)}
+        except Exception as e:  # this rank's own problem: say it on every rank instead of hanging them
+            trainer, facts = None, {"error": f"{type(e).__name__}: {e}"}
+        self.group.agree(facts)
+        trainer.attach(self.group)
+        return trainer
+
+    def _synced(self, load: Any) -> dict[str, Any]:
+        """``load()`` on rank 0, its result on every rank (rank 0's failure is every rank's)."""
+        if self.group is None:
+            return load()
+        if self.writes:
+            try:
+                state = load()
+            except BaseException as e:
+                self.group.share_state({"error": str(e)})
+                raise
+            return self.group.share_state(state)
+        state = self.group.share_state(None)
+        if "error" in state:
+            raise RunError(f"rank 0: {state['error']}")
+        return state
+
+    def _load_files(self, trainer: Trainer) -> None:
         from lrctl.tblog import TensorBoardLogger
 
-        trainer = trainer or Trainer(self.cfg)
         had_events = any(p.name.startswith("events.out.tfevents") for p in self.store.dir.iterdir())
         if self.store.has_checkpoint():
             loaded = self.store.load_checkpoint()
@@ -175,6 +239,8 @@ class RunSession:
 
         ``keep``: also keep it as this epoch's checkpoint (chunk boundaries: undo and fork --at use them)."""
         assert self.trainer is not None
+        if not self.writes:
+            return
         self.in_critical = True
         try:
             for logger in (self.logger, self._batch_logger):
@@ -200,6 +266,20 @@ class RunSession:
         """Stop the running chunk after the current epoch (everything kept)."""
         self._stop = True
 
+    def request_abandon(self) -> None:
+        """Data-parallel: abandon the epoch at the next batch boundary, on every rank together."""
+        self._abandon = True
+
+    def _tell(self, command: dict[str, Any]) -> None:
+        """Rank 0: have the other ranks do the same (they are waiting in :func:`lrctl.distributed.follow`)."""
+        if self.group is not None and self.writes:
+            self.group.send(command)
+
+    def _should_stop(self) -> bool:
+        if self.group is None:
+            return self._stop
+        return self.group.any(self._stop or self.shutdown, self.trainer.device)
+
     def check_expression(self, spec: ScheduleSpec, epochs: int) -> None:
         """Refuse what the run cannot do now: ``keep`` with nothing to keep, a warm-up as long as the chunk."""
         if spec.name == "keep" and self.trainer is not None and self.trainer.runner is None:
@@ -223,7 +303,8 @@ class RunSession:
         if old is not None and old.remaining(self.global_step) > 0:
             self.store.journal("pending_replaced", durable=True, old=old.chunks, step=self.global_step)
         self.store.write_pending(Pending(absolute, source))
-        self.store.journal("command", durable=True, source=source, chunks=absolute)
+        job = {"job": self.group.job} if self.group is not None else {}
+        self.store.journal("command", durable=True, source=source, chunks=absolute, **job)
         return self.finish_pending()
 
     def drop_pending(self, reason: str) -> None:
@@ -238,7 +319,9 @@ class RunSession:
         """Train whatever ``pending.json`` says is left, from the current global step (up to ``stop_at``)."""
         assert self.trainer is not None and self.logger is not None, "call load() first"
         pending = self.store.read_pending()
-        self._stop = False
+        self._tell({"op": "finish", "stop_at": stop_at,
+                    "pending": {"chunks": pending.chunks, "source": pending.source} if pending else None})
+        self._stop = self._abandon = False
         outcome = ChunkOutcome("done", self.global_step)
         while pending is not None and pending.chunks:
             chunk = pending.chunks[0]
@@ -291,7 +374,7 @@ class RunSession:
         self.running, self.paused = True, False
         try:
             trainer.fit_rec(todo, on_epoch_end=self._epoch_done, on_batch_end=self._batch_boundary,
-                            should_stop=lambda: self._stop)
+                            should_stop=self._should_stop)
         except KeyboardInterrupt:
             dropped = trainer.global_step - (self.saved_step or 0)
             self._rollback()
@@ -312,6 +395,8 @@ class RunSession:
         finally:
             self._end_controls()
         self.save(keep=True)
+        if self.group is not None:
+            self._check_replicas()
         if trainer.global_step < end:
             outcome = ChunkOutcome("stopped", trainer.global_step, detail=f"{end - trainer.global_step} epochs left")
             store.journal("interrupted", durable=True, how="stop", step=trainer.global_step,
@@ -350,9 +435,21 @@ class RunSession:
         "reply"?: a queue that receives the result}."""
         self.controls.put(command)
 
+    def _check_replicas(self) -> None:
+        """After a chunk: every rank's weights must equal rank 0's (journaled, so a test can see it)."""
+        from lrctl.distributed import DistError, weights_digest
+
+        digests = [d["weights"] for d in self.group.gather({"weights": weights_digest(self.trainer.model)})]
+        self.store.journal("replicas", step=self.global_step, weights=digests)
+        if len(set(digests)) > 1:
+            raise DistError(f"after epoch {self.global_step} the ranks' weights differ ({digests}); "
+                            "training stopped rather than go on with replicas that drifted apart", shared=True)
+
     def _batch_boundary(self, batch: int, batches: int) -> None:
         """Between two batches: re-apply recorded changes, apply queued commands, hold while paused."""
-        if self._scheduled or not self.controls.empty() or self.paused:
+        if self.group is not None:
+            self._batch_boundary_shared(batch)
+        elif self._scheduled or not self.controls.empty() or self.paused:
             done = self.trainer.global_step * self.trainer.batches_per_epoch + batch
             while self._scheduled and self._scheduled[0]["at_batch"] <= done:
                 self._apply(self._scheduled.pop(0), done, replaying=True)
@@ -361,6 +458,29 @@ class RunSession:
                 self._drain(done, block=True)
         if self.observer.wants_batches:
             self.observer.batch_done(batch, batches)
+
+    def _batch_boundary_shared(self, batch: int) -> None:
+        """Data-parallel: rank 0 applies what arrived and sends the lr changes it made, so every rank
+        applies them at this same batch; a Ctrl-C that abandons the epoch is agreed on here too."""
+        done = self.trainer.global_step * self.trainer.batches_per_epoch + batch
+        while self._scheduled and self._scheduled[0]["at_batch"] <= done:
+            self._apply(self._scheduled.pop(0), done, replaying=True)
+        message = None
+        if self.writes:
+            self._drain(done, block=False)
+            while self.paused and not self._stop and not self._abandon:
+                self._drain(done, block=True)
+            if self._outbox:
+                message = json.dumps(self._outbox).encode()
+                self._outbox = []
+        size, abandon = self.group.batch_exchange(len(message) if message else 0, self._abandon)
+        if size:
+            records = json.loads(self.group.receive_batch_message(message).decode())
+            if not self.writes:
+                for record in records:
+                    self._apply(record, done, replaying=True)
+        if abandon:
+            raise KeyboardInterrupt
 
     def _drain(self, done: int, block: bool) -> None:
         while True:
@@ -416,6 +536,8 @@ class RunSession:
             else:
                 raise ValueError(f"unknown lr mode {mode!r}: use set, scale or restart")
             record = {"cmd": "lr", "value": spec.text, "mode": mode, "at_batch": done, "source": source}
+            if not replaying and self.group is not None:
+                self._outbox.append(record)
             if not replaying:
                 self.store.journal("control", durable=True, step=step, **record)
                 pending = self.store.read_pending()
@@ -455,6 +577,10 @@ class RunSession:
     def _batch_log(self) -> MetricLogger:
         """Batch-indexed scalars live in their own TensorBoard run (``<run>/batch``): a purge at an
         epoch step must not hide them, and theirs is counted in batches."""
+        if self._batch_logger is None and not self.writes:
+            from lrctl.tblog import NullLogger
+
+            self._batch_logger = NullLogger()
         if self._batch_logger is None:
             from lrctl.tblog import TensorBoardLogger
 
@@ -466,9 +592,9 @@ class RunSession:
 
     def _rollback(self) -> None:
         """Go back to the last checkpoint (after an abandoned or diverged epoch)."""
-        loaded = self.store.load_checkpoint()
-        self.trainer.load_state_dict(loaded.state)
-        self.chunks = list(loaded.state.get("chunks") or [])
+        state = self._synced(lambda: self.store.load_checkpoint().state)
+        self.trainer.load_state_dict(state)
+        self.chunks = list(state.get("chunks") or [])
         self.saved_step = self.trainer.global_step
         self.logger.purge(self.trainer.global_step)
         self.logger.flush()
@@ -489,7 +615,8 @@ class RunSession:
         if not self.chunks:
             raise RunError("nothing to undo: no chunk has been trained yet")
         target, current = self.chunks[-1]["start"], self.global_step
-        state = self.store.load_kept(target)
+        self._tell({"op": "undo"})
+        state = self._synced(lambda: self.store.load_kept(target))
         self.trainer.load_state_dict(state)
         self.chunks = list(state.get("chunks") or [])
         self.drop_pending("undo")
@@ -520,7 +647,8 @@ class RunSession:
             raise
         self.store.journal("fork", to=name, step=self.global_step)
         self.log_intervention(f"fork: continued as run '{name}'")
-        new = RunSession(new_store, self.cfg, False, self.save_every, self.observer, self.keep)
+        new = RunSession(new_store, self.cfg, False, self.save_every, self.observer, self.keep, self.group)
+        new.given_config = self.given_config
         new.trainer, new.chunks, new.saved_step = self.trainer, self.chunks, self.saved_step
         new._opened_step = self.global_step
         new.logger = TensorBoardLogger(new_store.dir, purge_step=self.global_step)
@@ -533,7 +661,8 @@ class RunSession:
     def close(self, reason: str = "quit") -> None:
         """Save if anything is unsaved, journal the end, release TensorBoard and the lock."""
         try:
-            if self.trainer is not None and self.saved_step != self.trainer.global_step:
+            # Half an epoch's weights (an error escaped mid-epoch) are never saved: the checkpoint stays.
+            if self.trainer is not None and self.saved_step != self.trainer.global_step and not self.trainer.torn:
                 self.save()
             self.store.journal("session_end", reason=reason, step=self.global_step)
         finally:

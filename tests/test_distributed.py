@@ -1,0 +1,240 @@
+"""Data-parallel runs under torchrun (CPU, gloo, 2 processes): the piped session, resume across process
+counts, a worker killed mid-chunk, Ctrl-C from a terminal and as a signal, ranks that disagree."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lrctl.data import shard, shard_range
+from tests.conftest import lrctl_env, read_checkpoint, read_scalars, run_lrctl
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find a worker")
+
+
+def torchrun(args: list[str], restarts: int = 0) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+            f"--max-restarts={restarts}", "-m", "lrctl", "--", *args]
+
+
+def dist_env() -> dict[str, str]:
+    return {**lrctl_env(), "OMP_NUM_THREADS": "1"}
+
+
+def run_torchrun(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(torchrun(args), input=stdin, capture_output=True, text=True, cwd=cwd, env=dist_env(),
+                          timeout=240)
+
+
+def steps(run: Path, tag: str) -> list[int]:
+    return [step for step, _ in read_scalars(run)[tag]]
+
+
+def journal(run: Path, event: str) -> list[dict]:
+    lines = (run / "journal.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == event]
+
+
+def worker_pid(agent_pid: int, rank: int) -> int:
+    """The pid of torchrun's worker with RANK=rank (workers are the agent's children)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == agent_pid and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"no worker with RANK={rank} under {agent_pid}")
+
+
+def read_until(process: subprocess.Popen, prefix: str) -> list[str]:
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError(f"the output ended before {prefix!r}:\n{''.join(lines)}")
+
+
+# -- pure parts ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("n", "batch_size", "world"), [(700, 50, 2), (701, 50, 3), (5, 4, 2), (9, 2, 4)])
+def test_shards_cover_every_batch_once_and_weigh_to_the_whole_batch(n, batch_size, world):
+    shards = [shard(n, batch_size, rank, world) for rank in range(world)]
+    for b in range(-(-n // batch_size)):
+        lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
+        rows = []
+        for s in shards:
+            start, stop = s.bounds[b]
+            part = s.positions[start:stop]
+            assert stop > start  # every rank takes part in every optimizer step
+            if s.scales[b]:
+                rows += part
+                # a rank's mean loss times its scale, averaged over ranks by DDP, weighs each row 1/batch
+                assert s.scales[b] / (world * len(part)) == pytest.approx(1 / (hi - lo))
+        assert sorted(rows) == list(range(lo, hi))  # disjoint, and all of the batch
+    assert sum(b - a for a, b in (shard_range(n, r, world) for r in range(world))) == n
+
+
+# -- torchrun -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_chunks(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    cwd = tmp_path_factory.mktemp("ddp")
+    result = run_torchrun(["--run", "r"], cwd, stdin="y\n3\n0.03\ny\n2\n0.01\nn\n")
+    return cwd, result
+
+
+def test_piped_two_chunk_session_under_torchrun(two_chunks):
+    from lrctl.config import load
+    from lrctl.distributed import state_digest
+    from lrctl.engine import Trainer
+
+    cwd, result = two_chunks
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("Continue training? [y/n]") == 3  # one prompt: only rank 0 reads and prints
+    run = cwd / "runs" / "r"
+    for tag in ("train_mse", "test_mse", "lr"):
+        assert steps(run, tag) == [0, 1, 2, 3, 4]
+    checkpoint = read_checkpoint(run / "checkpoint.pt")
+    replicas = journal(run, "replicas")
+    assert [r["step"] for r in replicas] == [3, 5]
+    for r in replicas:
+        assert len(r["weights"]) == 2 and r["weights"][0] == r["weights"][1]
+    assert replicas[-1]["weights"][0] == state_digest(checkpoint["model"])
+    # The all-reduced metrics are the whole-set numbers: evaluate the saved model on one process.
+    trainer = Trainer(load(None)[0])
+    trainer.load_state_dict(checkpoint)
+    train, test, _ = trainer.evaluate()
+    logged = read_scalars(run)
+    assert logged["train_mse"][-1][1] == pytest.approx(train, rel=1e-5)
+    assert logged["test_mse"][-1][1] == pytest.approx(test, rel=1e-5)
+
+
+def test_run_trained_on_two_processes_resumes_on_one_and_back(two_chunks, tmp_path):
+    cwd, result = two_chunks
+    assert result.returncode == 0
+    shutil.copytree(cwd / "runs", tmp_path / "runs")
+    run = tmp_path / "runs" / "r"
+    one = run_lrctl(["--run", "r", "--plan", "2@0.01"], tmp_path)
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert "epoch     5" in one.stdout
+    assert read_checkpoint(run / "checkpoint.pt")["global_step"] == 7
+    two = subprocess.run([sys.executable, "-m", "lrctl", "--nproc", "2", "--run", "r", "--plan", "1@0.01"],
+                         capture_output=True, text=True, cwd=tmp_path, env=dist_env(), timeout=240)
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert "data-parallel: 2 processes" in two.stdout
+    assert steps(run, "train_mse") == list(range(8))
+    assert read_checkpoint(run / "checkpoint.pt")["global_step"] == 8
+
+
+def test_killing_a_worker_mid_chunk_with_max_restarts_finishes_the_job(tmp_path):
+    args = ["--run", "k", "--plan", "20@0.03", "--save-every", "0"]
+    process = subprocess.Popen(torchrun(args, restarts=1), cwd=tmp_path, env=dist_env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = read_until(process, "epoch     5")
+    os.kill(worker_pid(process.pid, 1), signal.SIGKILL)
+    output += process.stdout.readlines()
+    assert process.wait(timeout=240) == 0, "".join(output)
+    text = "".join(output)
+    assert "restart 1" in text and "finishing what is left" in text
+    run = tmp_path / "runs" / "k"
+    for tag in ("train_mse", "test_mse", "lr"):
+        assert steps(run, tag) == list(range(20))  # each step once: the restart hid what it redid
+    # ... and the restarted job ends exactly where an uninterrupted one does.
+    reference = run_torchrun(["--run", "ref", "--plan", "20@0.03", "--save-every", "0"], tmp_path)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    import torch
+
+    killed, clean = read_checkpoint(run / "checkpoint.pt"), read_checkpoint(tmp_path / "runs" / "ref" / "checkpoint.pt")
+    for key in clean["model"]:
+        assert torch.equal(killed["model"][key], clean["model"][key]), key
+    assert read_scalars(run)["train_mse"] == read_scalars(tmp_path / "runs" / "ref")["train_mse"]
+
+
+def test_sigint_to_torchrun_stops_every_rank_after_the_same_epoch(tmp_path):
+    # A terminal's Ctrl-C goes to torchrun (the workers have their own sessions); torchrun passes
+    # SIGINT to every worker. The ranks agree on the epoch to stop after, save, and exit.
+    process = subprocess.Popen(torchrun(["--run", "s", "--plan", "40@0.01"]), cwd=tmp_path, env=dist_env(),
+                               text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    output = read_until(process, "epoch     3")
+    sent = subprocess.run([sys.executable, "-m", "lrctl", "send", "s", "lr", "0.02"], cwd=tmp_path,
+                          env=lrctl_env(), capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    process.send_signal(signal.SIGINT)
+    output += process.stdout.readlines()
+    process.wait(timeout=120)
+    text = "".join(output)
+    assert "stopping after this epoch" in text and "the rest of the plan is saved" in text
+    run = tmp_path / "runs" / "s"
+    stopped = read_checkpoint(run / "checkpoint.pt")["global_step"]
+    assert 4 <= stopped < 40
+    [replicas] = journal(run, "replicas")
+    assert replicas["step"] == stopped and replicas["weights"][0] == replicas["weights"][1]
+    [change] = journal(run, "control")
+    assert change["value"] == "0.02"  # applied on both ranks at one batch (equal weights say so)
+    resumed = run_lrctl(["resume", "s"], tmp_path, stdin="n\n")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert steps(run, "train_mse") == list(range(40))
+    lrs = dict(read_scalars(run)["lr"])
+    assert lrs[stopped] == pytest.approx(0.02) and lrs[39] == pytest.approx(0.02)  # the change survived the stop
+
+
+def test_ctrl_c_on_the_terminal_under_torchrun_returns_to_the_prompt(tmp_path):
+    import pexpect
+
+    child = pexpect.spawn(torchrun(["--run", "t"])[0], torchrun(["--run", "t"])[1:], cwd=str(tmp_path),
+                          env=dist_env(), encoding="utf-8", timeout=120, dimensions=(30, 120))
+    for question, answer in (("Continue training? [y/n]", "y"), ("Epochs:", "400"), ("Learning rate:", "0.01")):
+        child.expect_exact(question)
+        child.sendline(answer)
+    child.expect(r"epoch\s+3\s")
+    child.send("\x03")  # read as a key by rank 0: torchrun gets no SIGINT, the job goes on
+    child.expect_exact("stopping after this epoch")
+    child.expect_exact("Continue training? [y/n]")
+    child.sendline("n")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    stopped = read_checkpoint(tmp_path / "runs" / "t" / "checkpoint.pt")["global_step"]
+    assert 4 <= stopped < 400
+
+
+def test_ranks_with_different_data_fail_together_with_a_clear_error(tmp_path):
+    (tmp_path / "rankdata.py").write_text(
+        "import os, torch\n"
+        "def data():\n"
+        "    n = 100 + 10 * int(os.environ.get('RANK', '0'))  # a node with another version of the data\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    x = torch.randn(n, 3, generator=g)\n"
+        "    return x, x.sum(1, keepdim=True), x[:20], x[:20].sum(1, keepdim=True)\n")
+    (tmp_path / "rank.toml").write_text('[data]\nsource = "factory"\nfactory = "rankdata.py:data"\n'
+                                        '[model]\nbatch_norm = "none"\n')
+    result = run_torchrun(["--run", "d", "--config", "rank.toml", "--plan", "2@0.01", "--dist-timeout", "30"],
+                          tmp_path)
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "the ranks disagree" in text and "train rows: rank 0 has 100, rank 1 has 110" in text
+    assert not (tmp_path / "runs" / "d").exists()  # a new run that never trained leaves nothing behind
+
+
+def test_a_missing_rank_is_an_error_not_a_hang(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**lrctl_env(), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    result = subprocess.run([sys.executable, "-m", "lrctl", "--run", "m", "--plan", "1@0.01", "--dist-timeout", "2"],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert result.returncode == 1
+    assert "did not all join within 2 s" in result.stderr and "Is a rank missing?" in result.stderr
+    assert not (tmp_path / "runs" / "m").exists()
