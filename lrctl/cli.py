@@ -16,6 +16,7 @@
     $ lrctl tb                                # TensorBoard on 127.0.0.1
     $ lrctl send demo "lr 0.01"               # steer a running chunk (status, pause, resume, stop, ...)
     $ lrctl replay demo --to demo-replay      # re-execute the journal: a bit-identical run
+    $ lrctl --nproc 2 --run big               # data-parallel on 2 processes (torchrun + DDP; rank 0 prompts)
 
 Exit codes: 0 done, 1 error (message on stderr), 2 bad usage, 130 a --plan interrupted by Ctrl-C
 (saved; ``lrctl resume`` finishes it).
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         argv.insert(0, "train")
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         if args.command == "runs":
             return cmd_runs(args)
@@ -246,7 +248,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.nproc < 1 or args.max_restarts < 0:
             print("lrctl: --nproc must be at least 1 and --max-restarts at least 0", file=sys.stderr)
             return EXIT_USAGE
-        return distributed.launch(args.nproc, _without_launch_options(sys.argv[1:]), args.max_restarts)
+        return distributed.launch(args.nproc, _without_launch_options(args.argv), args.max_restarts)
     timeout = distributed.DEFAULT_TIMEOUT if args.dist_timeout is None else args.dist_timeout
     group = distributed.Group.join(timeout) if distributed.world_size_from_env() > 1 else None
     try:

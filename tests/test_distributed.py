@@ -238,3 +238,23 @@ def test_a_missing_rank_is_an_error_not_a_hang(tmp_path):
     assert result.returncode == 1
     assert "did not all join within 2 s" in result.stderr and "Is a rank missing?" in result.stderr
     assert not (tmp_path / "runs" / "m").exists()
+
+
+def test_a_nan_on_one_rank_rolls_every_rank_back_together(tmp_path):
+    (tmp_path / "nandata.py").write_text(
+        "import torch\n"
+        "def data():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    x = torch.randn(100, 3, generator=g)\n"
+        "    y = x.sum(1, keepdim=True)\n"
+        "    y[37] = float('nan')  # one row: in one rank's part of one batch each epoch\n"
+        "    return x, y, x[:20], x[:20].sum(1, keepdim=True)\n")
+    (tmp_path / "nan.toml").write_text('[data]\nsource = "factory"\nfactory = "nandata.py:data"\n'
+                                       '[model]\nbatch_norm = "none"\n')
+    result = run_torchrun(["--run", "n", "--config", "nan.toml", "--plan", "3@0.01"], tmp_path)
+    assert result.returncode != 0  # a diverged --plan exits 1, on every rank
+    assert "rolled back to epoch 0" in result.stdout, result.stdout + result.stderr
+    run = tmp_path / "runs" / "n"
+    [diverged] = journal(run, "diverged")
+    assert diverged["epoch"] == 0 and diverged["rolled_back_to"] == 0
+    assert read_checkpoint(run / "checkpoint.pt")["global_step"] == 0
