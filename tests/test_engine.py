@@ -13,7 +13,7 @@ from lrctl.config import RunConfig, with_overrides
 from lrctl.engine import Diverged, Trainer
 from lrctl.schedules import parse
 from lrctl.session import RunSession
-from tests.conftest import read_scalars
+from tests.conftest import assert_states_equal, read_checkpoint, read_scalars
 
 
 def fit(trainer: Trainer, plan):
@@ -189,3 +189,26 @@ def test_divergence_rolls_back_to_the_last_finite_checkpoint_and_continues(tmp_p
     assert [s for s, _ in scalars["lr"]] == list(range(8))
     assert [v for _, v in scalars["lr"]][5:] == pytest.approx([0.01] * 3)
     assert all(v == v and abs(v) < 1e30 for _, v in scalars["train_mse"])  # nothing non-finite logged
+
+
+def test_an_error_mid_epoch_never_saves_the_half_trained_weights(tmp_path, monkeypatch):
+    session = RunSession.open(tmp_path, "torn", RunConfig(), save_every=1e9)
+    session.load()
+    assert session.train(2, "0.03").status == "done"
+    saved = read_checkpoint(tmp_path / "torn" / "checkpoint.pt")
+    calls = 0
+
+    def crash_in_the_third_epoch(batch: int, batches: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2 * session.trainer.batches_per_epoch + 3:  # two more epochs done, then 3 batches
+            raise RuntimeError("a user model's bug")
+
+    monkeypatch.setattr(session, "_batch_boundary", crash_in_the_third_epoch)
+    with pytest.raises(RuntimeError):
+        session.train(5, "0.03")
+    assert session.trainer.global_step == 4 and session.trainer.torn
+    session.close("crash")  # must not save epoch 4's number over weights three batches into epoch 4
+    after = read_checkpoint(tmp_path / "torn" / "checkpoint.pt")
+    assert after["global_step"] == 2
+    assert_states_equal(saved, after)
