@@ -94,6 +94,7 @@ def two_chunks(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return cwd, result
 
 
+@pytest.mark.slow
 def test_piped_two_chunk_session_under_torchrun(two_chunks):
     from lrctl.config import load
     from lrctl.distributed import state_digest
@@ -120,6 +121,7 @@ def test_piped_two_chunk_session_under_torchrun(two_chunks):
     assert logged["test_mse"][-1][1] == pytest.approx(test, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_run_trained_on_two_processes_resumes_on_one_and_back(two_chunks, tmp_path):
     cwd, result = two_chunks
     assert result.returncode == 0
@@ -137,6 +139,7 @@ def test_run_trained_on_two_processes_resumes_on_one_and_back(two_chunks, tmp_pa
     assert read_checkpoint(run / "checkpoint.pt")["global_step"] == 8
 
 
+@pytest.mark.slow
 def test_killing_a_worker_mid_chunk_with_max_restarts_finishes_the_job(tmp_path):
     args = ["--run", "k", "--plan", "20@0.03", "--save-every", "0"]
     process = subprocess.Popen(torchrun(args, restarts=1), cwd=tmp_path, env=dist_env(), text=True,
@@ -161,6 +164,7 @@ def test_killing_a_worker_mid_chunk_with_max_restarts_finishes_the_job(tmp_path)
     assert read_scalars(run)["train_mse"] == read_scalars(tmp_path / "runs" / "ref")["train_mse"]
 
 
+@pytest.mark.slow
 def test_sigint_to_torchrun_stops_every_rank_after_the_same_epoch(tmp_path):
     # A terminal's Ctrl-C goes to torchrun (the workers have their own sessions); torchrun passes
     # SIGINT to every worker. The ranks agree on the epoch to stop after, save, and exit.
@@ -189,6 +193,7 @@ def test_sigint_to_torchrun_stops_every_rank_after_the_same_epoch(tmp_path):
     assert lrs[stopped] == pytest.approx(0.02) and lrs[39] == pytest.approx(0.02)  # the change survived the stop
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_the_terminal_under_torchrun_returns_to_the_prompt(tmp_path):
     import pexpect
 
@@ -209,6 +214,7 @@ def test_ctrl_c_on_the_terminal_under_torchrun_returns_to_the_prompt(tmp_path):
     assert 4 <= stopped < 400
 
 
+@pytest.mark.slow
 def test_ranks_with_different_data_fail_together_with_a_clear_error(tmp_path):
     (tmp_path / "rankdata.py").write_text(
         "import os, torch\n"
@@ -227,6 +233,7 @@ def test_ranks_with_different_data_fail_together_with_a_clear_error(tmp_path):
     assert not (tmp_path / "runs" / "d").exists()  # a new run that never trained leaves nothing behind
 
 
+@pytest.mark.slow
 def test_a_missing_rank_is_an_error_not_a_hang(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -240,6 +247,7 @@ def test_a_missing_rank_is_an_error_not_a_hang(tmp_path):
     assert not (tmp_path / "runs" / "m").exists()
 
 
+@pytest.mark.slow
 def test_a_nan_on_one_rank_rolls_every_rank_back_together(tmp_path):
     (tmp_path / "nandata.py").write_text(
         "import torch\n"
