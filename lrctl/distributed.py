@@ -202,7 +202,7 @@ class Group:
         size, flag = value.tolist()
         return size, bool(flag)
 
-    def receive_batch_message(self, message: bytes | None) -> bytes:
+    def batch_message(self, message: bytes | None) -> bytes:
         return self._broadcast_bytes(message)
 
     def sum(self, tensor: torch.Tensor) -> None:

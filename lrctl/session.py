@@ -475,7 +475,7 @@ class RunSession:
                 self._outbox = []
         size, abandon = self.group.batch_exchange(len(message) if message else 0, self._abandon)
         if size:
-            records = json.loads(self.group.receive_batch_message(message).decode())
+            records = json.loads(self.group.batch_message(message).decode())
             if not self.writes:
                 for record in records:
                     self._apply(record, done, replaying=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lrctl.data import shard, shard_range
-from tests.conftest import lrctl_env, read_checkpoint, read_scalars, run_lrctl
+from tests.conftest import answer_chunk, lrctl_env, read_checkpoint, read_scalars, run_lrctl
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find a worker")
 
@@ -199,9 +199,7 @@ def test_ctrl_c_on_the_terminal_under_torchrun_returns_to_the_prompt(tmp_path):
 
     child = pexpect.spawn(torchrun(["--run", "t"])[0], torchrun(["--run", "t"])[1:], cwd=str(tmp_path),
                           env=dist_env(), encoding="utf-8", timeout=120, dimensions=(30, 120))
-    for question, answer in (("Continue training? [y/n]", "y"), ("Epochs:", "400"), ("Learning rate:", "0.01")):
-        child.expect_exact(question)
-        child.sendline(answer)
+    answer_chunk(child, "400", "0.01")
     child.expect(r"epoch\s+3\s")
     child.send("\x03")  # read as a key by rank 0: torchrun gets no SIGINT, the job goes on
     child.expect_exact("stopping after this epoch")
