@@ -143,13 +143,13 @@ class Trainer:
     def attach(self, group: Any) -> None:
         """Train data-parallel in ``group`` (a :class:`lrctl.distributed.Group`): DDP over the model,
         this rank's part of every batch, metrics summed over the ranks' parts of the sets."""
+        import inspect
+
         from torch.nn.parallel import DistributedDataParallel
 
         self.group = group
         device_ids = [torch.cuda.current_device()] if self.device.type == "cuda" else None
         # Buffers (batch-norm statistics) are shared from rank 0 once per epoch, not at every forward.
-        import inspect
-
         newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters  # torch >= 2.13
         no_sync = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
         self.forward_model = DistributedDataParallel(self.model, device_ids=device_ids, **no_sync)
@@ -157,8 +157,9 @@ class Trainer:
         s = self.split
         if s.in_memory:
             self._positions = torch.tensor(self._shard.positions, device=self.device)
-            self._eval_rows = (data_mod.shard_range(len(s.x_train), group.rank, group.world_size),
-                               data_mod.shard_range(len(s.x_test), group.rank, group.world_size))
+            (a, z), (c, d) = self._eval_rows = (data_mod.shard_range(len(s.x_train), group.rank, group.world_size),
+                                                data_mod.shard_range(len(s.x_test), group.rank, group.world_size))
+            self._x_eval = torch.cat([s.x_train[a:z], s.x_test[c:d]])  # this rank's rows, one forward pass
         else:
             self._loaders.shard(self._shard, group.rank, group.world_size)
 
@@ -267,12 +268,12 @@ class Trainer:
         self.model.eval()
         with torch.inference_mode():
             if self._loaders is not None:
-                sums, counts = self._loaders.evaluate(self.model, self.metric_fn, self.loss_fn)
+                sums, _ = self._loaders.evaluate(self.model, self.metric_fn, self.loss_fn)
                 totals = [len(s.train_set), len(s.test_set), len(s.train_set)]
             else:
                 (a, z), (c, d) = self._eval_rows
                 zero = torch.zeros((), device=self.device)
-                pred_train, pred_test = self.model(torch.cat([s.x_train[a:z], s.x_test[c:d]])).split([z - a, d - c])
+                pred_train, pred_test = self.model(self._x_eval).split([z - a, d - c])
                 y_train, y_test = s.y_train[a:z], s.y_test[c:d]
                 train = self.metric_fn(pred_train, y_train) * (z - a) if z > a else zero
                 test = self.metric_fn(pred_test, y_test) * (d - c) if d > c else zero

@@ -450,12 +450,7 @@ class RunSession:
         if self.group is not None:
             self._batch_boundary_shared(batch)
         elif self._scheduled or not self.controls.empty() or self.paused:
-            done = self.trainer.global_step * self.trainer.batches_per_epoch + batch
-            while self._scheduled and self._scheduled[0]["at_batch"] <= done:
-                self._apply(self._scheduled.pop(0), done, replaying=True)
-            self._drain(done, block=False)
-            while self.paused and not self._stop:
-                self._drain(done, block=True)
+            self._apply_arrivals(self.trainer.global_step * self.trainer.batches_per_epoch + batch)
         if self.observer.wants_batches:
             self.observer.batch_done(batch, batches)
 
@@ -463,16 +458,11 @@ class RunSession:
         """Data-parallel: rank 0 applies what arrived and sends the lr changes it made, so every rank
         applies them at this same batch; a Ctrl-C that abandons the epoch is agreed on here too."""
         done = self.trainer.global_step * self.trainer.batches_per_epoch + batch
-        while self._scheduled and self._scheduled[0]["at_batch"] <= done:
-            self._apply(self._scheduled.pop(0), done, replaying=True)
+        self._apply_arrivals(done)
         message = None
-        if self.writes:
-            self._drain(done, block=False)
-            while self.paused and not self._stop and not self._abandon:
-                self._drain(done, block=True)
-            if self._outbox:
-                message = json.dumps(self._outbox).encode()
-                self._outbox = []
+        if self.writes and self._outbox:
+            message = json.dumps(self._outbox).encode()
+            self._outbox = []
         size, abandon = self.group.batch_exchange(len(message) if message else 0, self._abandon)
         if size:
             records = json.loads(self.group.batch_message(message).decode())
@@ -481,6 +471,15 @@ class RunSession:
                     self._apply(record, done, replaying=True)
         if abandon:
             raise KeyboardInterrupt
+
+    def _apply_arrivals(self, done: int) -> None:
+        """Recorded changes due by global batch ``done``, then (rank 0) queued commands; hold while paused."""
+        while self._scheduled and self._scheduled[0]["at_batch"] <= done:
+            self._apply(self._scheduled.pop(0), done, replaying=True)
+        if self.writes:
+            self._drain(done, block=False)
+            while self.paused and not self._stop and not self._abandon:
+                self._drain(done, block=True)
 
     def _drain(self, done: int, block: bool) -> None:
         while True:

@@ -197,8 +197,9 @@ def test_sigint_to_torchrun_stops_every_rank_after_the_same_epoch(tmp_path):
 def test_ctrl_c_on_the_terminal_under_torchrun_returns_to_the_prompt(tmp_path):
     import pexpect
 
-    child = pexpect.spawn(torchrun(["--run", "t"])[0], torchrun(["--run", "t"])[1:], cwd=str(tmp_path),
-                          env=dist_env(), encoding="utf-8", timeout=120, dimensions=(30, 120))
+    command = torchrun(["--run", "t"])
+    child = pexpect.spawn(command[0], command[1:], cwd=str(tmp_path), env=dist_env(), encoding="utf-8",
+                          timeout=120, dimensions=(30, 120))
     answer_chunk(child, "400", "0.01")
     child.expect(r"epoch\s+3\s")
     child.send("\x03")  # read as a key by rank 0: torchrun gets no SIGINT, the job goes on
