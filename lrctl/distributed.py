@@ -73,8 +73,11 @@ class Group:
         self._commands: Any = None  # the gloo group for commands (set by join)
 
     @classmethod
-    def join(cls, timeout: float = DEFAULT_TIMEOUT, device: str = "auto") -> Group | None:
-        """Join the job torchrun started (env:// rendezvous); ``None`` when there is nothing to join."""
+    def join(cls, timeout: float = DEFAULT_TIMEOUT) -> Group | None:
+        """Join the job torchrun started (env:// rendezvous); ``None`` when there is nothing to join.
+
+        The run's device is not known yet (rank 0 sends the config later), so on a machine with CUDA
+        the default group routes CPU tensors through gloo and CUDA tensors through nccl."""
         world = world_size_from_env()
         if world <= 1:
             return None
@@ -82,10 +85,10 @@ class Group:
         import torch.distributed as dist
 
         rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        cuda = torch.cuda.is_available()
         if cuda:
-            torch.cuda.set_device(local_rank)
-        group = cls(rank, world, local_rank, timeout, "nccl" if cuda else "gloo")
+            torch.cuda.set_device(local_rank)  # "cuda" then means this rank's own device
+        group = cls(rank, world, local_rank, timeout, "cpu:gloo,cuda:nccl" if cuda else "gloo")
         try:
             dist.init_process_group(group.backend, store=_store(rank, world, timeout), rank=rank, world_size=world,
                                     timeout=timedelta(seconds=timeout))
