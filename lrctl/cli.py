@@ -251,18 +251,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         return distributed.launch(args.nproc, _without_launch_options(args.argv), args.max_restarts)
     timeout = distributed.DEFAULT_TIMEOUT if args.dist_timeout is None else args.dist_timeout
     group = distributed.Group.join(timeout) if distributed.world_size_from_env() > 1 else None
+    together = False  # every rank got to the end normally (rank 0 told the others to quit)
     try:
         if group is not None and not group.is_main:
             try:
-                return _follow(args, group)
+                code = _follow(args, group)
             except distributed.DistError as e:
                 if e.shared:
                     return EXIT_ERROR  # rank 0 says it
                 raise
-        return _train(args, plan, group)
+        else:
+            code = _train(args, plan, group)
+        together = True
+        return code
     finally:
         if group is not None:
-            group.close()
+            group.close(together)
 
 
 def _without_launch_options(argv: list[str]) -> list[str]:

@@ -242,10 +242,14 @@ class Group:
         if problems:
             raise DistError("the ranks disagree, so none of them trains:\n  " + "\n  ".join(problems), shared=True)
 
-    def close(self) -> None:
+    def close(self, together: bool = True) -> None:
+        """Leave the job. ``together``: every rank is closing normally, so they first wait for each other
+        (a rank tearing down its groups while a peer still talks to it can abort in gloo's C++)."""
         import torch.distributed as dist
 
         with contextlib.suppress(Exception):
+            if together:
+                dist.barrier()
             dist.destroy_process_group()
 
 

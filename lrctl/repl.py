@@ -216,9 +216,6 @@ class Repl:
                 expression = self._ask_expression(epochs)
                 self.last_epochs, self.last_expression = epochs, expression
                 self._train(lambda e=epochs, x=expression: self.session.train(e, x))
-                if self.session.shutdown:
-                    self._say_shutdown()
-                    return "interrupt"
             return "closed"
         except _Quit:
             return "quit"
@@ -238,14 +235,8 @@ class Repl:
         if finish:
             self.view.say(f"finishing the interrupted work ({detail})")
             self._train(self.session.finish_pending)
-            if self.session.shutdown:
-                self._say_shutdown()
-                raise _Quit
         else:
             self.session.drop_pending("declined at the prompt")
-
-    def _say_shutdown(self) -> None:
-        self.view.warn(f"torchrun is ending the job: saved at epoch {self.session.global_step}")
 
     def _train(self, command: Callable[[], ChunkOutcome]) -> ChunkOutcome:
         from lrctl.keys import KEYS_HELP, KeyReader, keys_active
@@ -255,12 +246,17 @@ class Repl:
         self.view.keys_help = KEYS_HELP if use_keys else ""
         with chunk_interrupts(self.session, self.view) as interrupts:
             if not use_keys:
-                return command()
-            # Under torchrun the terminal's Ctrl-C would go to torchrun (the foreground process), which
-            # ends the job; read as a key here it means what it means on one process.
-            ctrl_c = interrupts.press if self.session.group is not None else None
-            with KeyReader(self.session, self.view, on_ctrl_c=ctrl_c):
-                return command()
+                outcome = command()
+            else:
+                # Under torchrun the terminal's Ctrl-C would go to torchrun (the foreground process),
+                # which ends the job; read as a key here it means what it means on one process.
+                ctrl_c = interrupts.press if self.session.group is not None else None
+                with KeyReader(self.session, self.view, on_ctrl_c=ctrl_c):
+                    outcome = command()
+        if self.session.shutdown:  # torchrun is ending the job (a signal reached every rank): no more prompts
+            self.view.warn(f"torchrun is ending the job: saved at epoch {self.session.global_step}")
+            raise _Quit
+        return outcome
 
     def _wait(self) -> None:
         if self.session.trainer is None:

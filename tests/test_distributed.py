@@ -265,3 +265,21 @@ def test_a_nan_on_one_rank_rolls_every_rank_back_together(tmp_path):
     [diverged] = journal(run, "diverged")
     assert diverged["epoch"] == 0 and diverged["rolled_back_to"] == 0
     assert read_checkpoint(run / "checkpoint.pt")["global_step"] == 0
+
+
+@pytest.mark.slow
+def test_a_signal_from_torchrun_at_a_piped_prompt_session_saves_and_asks_nothing_more(tmp_path):
+    process = subprocess.Popen(torchrun(["--run", "p"]), cwd=tmp_path, env=dist_env(), text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    process.stdin.write("y\n300\n0.01\n")  # stdin stays open: a prompt would wait for ever
+    process.stdin.flush()
+    output = read_until(process, "epoch     3")
+    process.send_signal(signal.SIGINT)
+    output += process.stdout.readlines()
+    process.wait(timeout=120)
+    text = "".join(output)
+    assert "torchrun is ending the job: saved at epoch" in text
+    assert text.count("Continue training? [y/n]") == 1
+    stopped = read_checkpoint(tmp_path / "runs" / "p" / "checkpoint.pt")["global_step"]
+    assert 4 <= stopped < 300
