@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lrctl import __version__
+from lrctl._faults import point as _fault_point
 
 CONFIG_FILE = "config.toml"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -61,11 +62,20 @@ def check_run_name(name: str) -> str:
     return name
 
 
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 def now_iso() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def fsync_dir(path: Path) -> None:
+    _fault_point(f"fsync dir {path.name}")
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -80,8 +90,10 @@ def write_synced(path: Path, data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
+            _fault_point(f"write {path.name}")
             f.write(data)
             f.flush()
+            _fault_point(f"fsync {path.name}")
             os.fsync(f.fileno())
     except BaseException:
         with contextlib.suppress(OSError):
@@ -95,7 +107,9 @@ def atomic_write(path: Path, data: bytes) -> None:
 
     A failure (disk full, permissions) leaves ``path`` as it was.
     """
-    os.replace(write_synced(path, data), path)
+    tmp = write_synced(path, data)
+    _fault_point(f"rename {path.name}")
+    os.replace(tmp, path)
     fsync_dir(path.parent)
 
 
@@ -123,6 +137,7 @@ class LoadedCheckpoint:
     state: dict[str, Any]
     path: Path
     warnings: list[str]
+    sha: str = ""
 
 
 class RunStore:
@@ -134,6 +149,8 @@ class RunStore:
         self.dir = self.runs_dir / self.name
         self._lock = None
         self._journal: io.TextIOWrapper | None = None
+        self._summary_cache: tuple[Any, dict[str, Any]] | None = None
+        self._written: tuple[Any, str] | None = None  # (stat, sha256) of the checkpoint this process wrote last
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -185,6 +202,17 @@ class RunStore:
             self._lock.release()
             self._lock = None
 
+    def clear_unborn(self) -> None:
+        """A run being created: remove what a start-up killed before ``config.toml`` was written left behind.
+
+        Never a checkpoint: a directory with checkpoints but no config is refused, not overwritten."""
+        if self.has_checkpoint():
+            raise RunError(f"{self.dir} holds checkpoints but no {CONFIG_FILE}; restore the config file "
+                           "(or move the directory away) before using this run name")
+        for name in (PENDING_FILE, JOURNAL_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / name).unlink()
+
     def __enter__(self) -> RunStore:
         return self
 
@@ -203,9 +231,11 @@ class RunStore:
         """Append one JSON line, flushed (and fsynced when ``durable``: commands before they run)."""
         if self._journal is None:
             self._journal = open(self.dir / JOURNAL_FILE, "a", encoding="utf-8")
+        _fault_point(f"write {JOURNAL_FILE}")
         self._journal.write(json.dumps({"t": now_iso(), "event": event, **fields}) + "\n")
         self._journal.flush()
         if durable:
+            _fault_point(f"fsync {JOURNAL_FILE}")
             os.fsync(self._journal.fileno())
 
     def read_journal(self) -> list[dict[str, Any]]:
@@ -219,13 +249,25 @@ class RunStore:
 
     # -- pending work ----------------------------------------------------------------------------
     def read_pending(self) -> Pending | None:
+        """The pending work, or None when there is none or ``pending.json`` is damaged (see :meth:`pending_problem`)."""
+        return self._read_pending()[0]
+
+    def pending_problem(self) -> str | None:
+        """Why ``pending.json`` cannot be read (it exists but is damaged), or None."""
+        return self._read_pending()[1]
+
+    def _read_pending(self) -> tuple[Pending | None, str | None]:
         try:
             raw = json.loads((self.dir / PENDING_FILE).read_text())
-            return Pending(chunks=raw["chunks"], source=raw.get("source", "repl"))
+            chunks = raw["chunks"]
+            if not isinstance(chunks, list) or not all(
+                    isinstance(c, dict) and {"start", "epochs", "expr"} <= c.keys() for c in chunks):
+                raise TypeError("chunks")
+            return Pending(chunks=chunks, source=raw.get("source", "repl")), None
         except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # an unreadable pending file means nothing is pending; the journal still tells
+            return None, None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return None, f"{PENDING_FILE} is damaged ({type(e).__name__})"
 
     def write_pending(self, pending: Pending | None) -> None:
         path = self.dir / PENDING_FILE
@@ -243,11 +285,12 @@ class RunStore:
         except (OSError, ValueError):
             return {}
 
-    def save_checkpoint(self, state: dict[str, Any], summary: dict[str, Any]) -> None:
+    def save_checkpoint(self, state: dict[str, Any], summary: dict[str, Any]) -> str:
         """Atomically make ``state`` the latest checkpoint; the current one becomes ``checkpoint.prev.pt``.
 
         The checksum file is written first, listing the new file's sha256 *and* the current
-        one's, so every moment of a crash leaves a loadable, verifiable checkpoint behind.
+        one's, so every moment of a crash leaves a loadable, verifiable checkpoint behind. A current
+        file that does not verify (damaged) is not kept as the previous one. Returns the new sha256.
         """
         import torch
 
@@ -257,26 +300,47 @@ class RunStore:
         sha = hashlib.sha256(data).hexdigest()
         latest, previous = self.dir / CHECKPOINT_FILE, self.dir / PREVIOUS_CHECKPOINT_FILE
         meta = self.read_meta()
-        good = {sha}
-        if latest.exists() and meta.get("sha256", {}).get(CHECKPOINT_FILE):
-            good.add(meta["sha256"][CHECKPOINT_FILE])
+        # The file this process wrote last needs no re-reading: its stat is what it was after the write.
+        latest_sha = (self._written[1] if self._written and self._written[0] == _stat_key(latest)
+                      else self._file_sha(latest))
+        known = meta.get("sha256", {})
+        rotate = latest_sha is not None and latest_sha == known.get(CHECKPOINT_FILE)
+        if rotate:
+            good, prev_sha, prev_summary = {sha, latest_sha}, latest_sha, meta.get("summary")
+        else:  # the latest file is missing or damaged: the previous one stays as it is
+            prev_sha = self._file_sha(previous)
+            prev_ok = prev_sha is not None and prev_sha in (known.get(PREVIOUS_CHECKPOINT_FILE),
+                                                            known.get(CHECKPOINT_FILE))
+            good = {sha} | ({prev_sha} if prev_ok else set())
+            prev_summary = (meta.get("previous_summary") if prev_sha == known.get(PREVIOUS_CHECKPOINT_FILE)
+                            else meta.get("summary")) if prev_ok else None
+            prev_sha = prev_sha if prev_ok else None
         tmp = latest.with_name(f".{CHECKPOINT_FILE}.{os.getpid()}.tmp")
         try:
             write_synced(latest, data)
-            new_meta = {"sha256": {CHECKPOINT_FILE: sha,
-                                   PREVIOUS_CHECKPOINT_FILE: meta.get("sha256", {}).get(CHECKPOINT_FILE)},
-                        "good": sorted(good), "summary": summary,
-                        "previous_summary": meta.get("summary")}
+            new_meta = {"sha256": {CHECKPOINT_FILE: sha, PREVIOUS_CHECKPOINT_FILE: prev_sha},
+                        "good": sorted(good), "summary": summary, "previous_summary": prev_summary}
             atomic_write(self.dir / CHECKPOINT_META_FILE, json.dumps(new_meta).encode())
-            if latest.exists():
+            if rotate:
+                _fault_point(f"rename {CHECKPOINT_FILE} -> {PREVIOUS_CHECKPOINT_FILE}")
                 os.replace(latest, previous)
+            _fault_point(f"rename {CHECKPOINT_FILE}")
             os.replace(tmp, latest)
             fsync_dir(self.dir)
+            self._written = (_stat_key(latest), sha)
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise RunError(f"could not save checkpoint in {self.dir}: {e.strerror or e}; "
                            "the previous checkpoint is intact") from None
+        return sha
+
+    @staticmethod
+    def _file_sha(path: Path) -> str | None:
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            return None
 
     def _verified(self, path: Path, good: set[str]) -> tuple[bytes | None, str | None]:
         try:
@@ -290,7 +354,8 @@ class RunStore:
         return data, None
 
     def has_checkpoint(self) -> bool:
-        return any((self.dir / n).exists() for n in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE))
+        return any((self.dir / n).exists() for n in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE)) or bool(
+            self.kept_steps())
 
     def check_checkpoints(self) -> tuple[str | None, list[str]]:
         """Without torch: which file would load ('checkpoint.pt'/'checkpoint.prev.pt'/None) and why not the other."""
@@ -315,9 +380,13 @@ class RunStore:
 
         good = set(self.read_meta().get("good", []))
         warnings: list[str] = []
-        for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
-            path = self.dir / name
-            data, problem = self._verified(path, good)
+        # Last resort, newest first: the kept chunk-boundary checkpoints (hard links of files that verified
+        # when they were kept; torch's zip reader checks their integrity).
+        candidates = [(self.dir / n, good) for n in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE)]
+        candidates += [(self.kept_path(step), set()) for step in reversed(self.kept_steps())]
+        for path, checksums in candidates:
+            name = path.name if path.parent == self.dir else f"{KEPT_DIR}/{path.name}"
+            data, problem = self._verified(path, checksums)
             if data is None:
                 if problem:
                     warnings.append(problem)
@@ -335,10 +404,14 @@ class RunStore:
             if not isinstance(state, dict) or "model" not in state or "global_step" not in state:
                 warnings.append(f"{name} is not an lrctl checkpoint")
                 continue
-            if warnings:
+            if warnings or path.name != CHECKPOINT_FILE:
+                if path.name == PREVIOUS_CHECKPOINT_FILE and not warnings:
+                    warnings.append(f"{CHECKPOINT_FILE} is missing")
+                elif path.parent != self.dir and not warnings:
+                    warnings.append(f"{CHECKPOINT_FILE} and {PREVIOUS_CHECKPOINT_FILE} are missing")
                 warnings.append(f"falling back to {name} (epoch {state['global_step']})")
-            return LoadedCheckpoint(state, path, warnings)
-        raise RunError(f"run '{self.name}' has no loadable checkpoint: " + "; ".join(warnings)
+            return LoadedCheckpoint(state, path, warnings, hashlib.sha256(data).hexdigest())
+        raise RunError(f"run '{self.name}' has no loadable checkpoint: " + ("; ".join(warnings) or "none found")
                        + f". Nothing was deleted; inspect {self.dir}")
 
     # -- kept epoch checkpoints -------------------------------------------------------------------
@@ -346,7 +419,7 @@ class RunStore:
         """Keep the latest checkpoint as ``kept/step-XXXXXXXX.pt`` (a hard link: no extra disk), newest ``keep``."""
         kept = self.dir / KEPT_DIR
         kept.mkdir(exist_ok=True)
-        target = kept / f"step-{step:08d}.pt"
+        target = self.kept_path(step)
         with contextlib.suppress(FileNotFoundError):
             target.unlink()
         try:
@@ -365,7 +438,7 @@ class RunStore:
         """The kept checkpoint at ``step`` (weights_only), or RunError listing the kept steps."""
         import torch
 
-        path = self.dir / KEPT_DIR / f"step-{step:08d}.pt"
+        path = self.kept_path(step)
         if not path.exists():
             kept = ", ".join(map(str, self.kept_steps())) or "none"
             raise RunError(f"run '{self.name}' keeps no checkpoint at epoch {step} (kept: {kept})")
@@ -388,5 +461,68 @@ class RunStore:
                 shutil.copytree(path, other.dir / path.name, dirs_exist_ok=True)
 
     def summary(self) -> dict[str, Any]:
-        """What the latest checkpoint says (global step, last record, lr), read without torch."""
-        return self.read_meta().get("summary") or {}
+        """What the checkpoint that would load says (global step, last record, lr), read without torch.
+
+        It is the summary of the file whose checksum matches: after a crash between writing the
+        checksum file and the renames, or when the latest file is damaged, that is the older one.
+        Empty when ``checkpoint.json`` is missing or damaged (the epoch is known only after loading)."""
+        key = tuple(_stat_key(self.dir / n) for n in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, CHECKPOINT_META_FILE))
+        if self._summary_cache is not None and self._summary_cache[0] == key:
+            return self._summary_cache[1]
+        summary = self._matching_summary()
+        self._summary_cache = (key, summary)
+        return summary
+
+    def _matching_summary(self) -> dict[str, Any]:
+        meta = self.read_meta()
+        known = meta.get("sha256", {})
+        for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+            sha = self._file_sha(self.dir / name)
+            if sha is None:
+                continue
+            if sha == known.get(CHECKPOINT_FILE):
+                return meta.get("summary") or {}
+            if sha == known.get(PREVIOUS_CHECKPOINT_FILE):
+                return meta.get("previous_summary") or {}
+        return {}
+
+    def previous_problem(self) -> str | None:
+        """Why ``checkpoint.prev.pt`` would not load as the fallback (missing, damaged), or None."""
+        path = self.dir / PREVIOUS_CHECKPOINT_FILE
+        if not path.exists():
+            return f"{PREVIOUS_CHECKPOINT_FILE} is missing" if (self.dir / CHECKPOINT_FILE).exists() else None
+        good = set(self.read_meta().get("good", []))
+        return self._verified(path, good)[1]
+
+    def meta_problem(self) -> str | None:
+        """Why ``checkpoint.json`` cannot vouch for the checkpoints (missing or damaged), or None."""
+        if not self.has_checkpoint():
+            return None
+        path = self.dir / CHECKPOINT_META_FILE
+        if not path.exists():
+            return f"{CHECKPOINT_META_FILE} is missing: the checkpoint's checksum cannot be verified"
+        meta = self.read_meta()
+        if not isinstance(meta.get("sha256"), dict) or not meta.get("good"):
+            return f"{CHECKPOINT_META_FILE} is damaged: the checkpoint's checksum cannot be verified"
+        return None
+
+    def prune_kept(self, after: int) -> list[int]:
+        """Remove kept checkpoints later than epoch ``after`` (a timeline that was undone or lost)."""
+        removed = [s for s in self.kept_steps() if s > after]
+        for step in removed:
+            with contextlib.suppress(FileNotFoundError):
+                self.kept_path(step).unlink()
+        return removed
+
+    def drop_kept_linked_to(self, name: str) -> list[int]:
+        """Remove the kept checkpoints that are hard links of ``name`` (damaged along with it)."""
+        target, dropped = self.dir / name, []
+        for step in self.kept_steps():
+            with contextlib.suppress(OSError):
+                if target.exists() and os.path.samefile(self.kept_path(step), target):
+                    self.kept_path(step).unlink()
+                    dropped.append(step)
+        return dropped
+
+    def kept_path(self, step: int) -> Path:
+        return self.dir / KEPT_DIR / f"step-{step:08d}.pt"

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lrctl import config as config_mod
-from lrctl.runstore import DEFAULT_KEEP, Pending, RunError, RunStore
+from lrctl.runstore import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_META_FILE,
+    DEFAULT_KEEP,
+    PREVIOUS_CHECKPOINT_FILE,
+    Pending,
+    RunError,
+    RunStore,
+)
 from lrctl.schedules import ScheduleSpec, parse
 
 if TYPE_CHECKING:
@@ -93,18 +101,36 @@ class RunSession:
         self.paused = False
         self._save_at_epoch_end = False
         self._chunk_end = 0
+        self.plan_recorded = False  # open() recorded the --plan with the new run: finish_pending() runs it
+        self.saved_this_session = False
+        from lrctl.engine import EpochSnapshot
+
+        self._boundary = EpochSnapshot()  # the last epoch boundary: where abandon and divergence go back to
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, runs_dir: Path, name: str, cfg: config_mod.RunConfig, *, force_config: bool = False,
              save_every: float = DEFAULT_SAVE_EVERY, observer: Observer | None = None,
-             config_origin: str = "", keep: int = DEFAULT_KEEP, group: Group | None = None) -> RunSession:
-        """Lock the run and settle its config. No torch. Raises RunError/RunLocked."""
+             config_origin: str = "", keep: int = DEFAULT_KEEP, group: Group | None = None,
+             plan: list[tuple[int, str]] | None = None) -> RunSession:
+        """Lock the run and settle its config. No torch. Raises RunError/RunLocked.
+
+        ``plan``: for a new run, the command that creates it, recorded (pending work + journal, fsynced)
+        before ``config.toml`` makes the run exist, so no run exists without it (a kill while torch
+        loads leaves either no run or a run that ``lrctl resume`` finishes)."""
         store = RunStore(runs_dir, name)
         is_new = not store.exists
         note = store.acquire()
+        plan_recorded = False
         try:
             if is_new:
+                store.clear_unborn()
+                if plan:
+                    chunks = absolute_chunks(plan, 0)
+                    store.write_pending(Pending(chunks, "plan"))
+                    job = {"job": group.job} if group is not None else {}
+                    store.journal("command", durable=True, source="plan", chunks=chunks, **job)
+                    plan_recorded = True
                 store.write_config(config_mod.to_toml(cfg, header=f"lrctl run '{name}', created {_now()} "
                                                       f"from {config_origin or 'the built-in lesson config'}."))
             else:
@@ -127,6 +153,7 @@ class RunSession:
             store.close()
             raise
         session = cls(store, cfg, is_new, save_every, observer, keep, group)
+        session.plan_recorded = plan_recorded
         if note:
             session.load_warnings.append(note)
         store.journal("session_start", new=is_new, config=config_origin)
@@ -196,18 +223,72 @@ class RunSession:
         from lrctl.tblog import TensorBoardLogger
 
         had_events = any(p.name.startswith("events.out.tfevents") for p in self.store.dir.iterdir())
+        heal, torn = False, []
         if self.store.has_checkpoint():
+            meta_problem = self.store.meta_problem()
+            latest_summary = self.store.read_meta().get("summary") or {}
             loaded = self.store.load_checkpoint()
             self.load_warnings += loaded.warnings
             trainer.load_state_dict(loaded.state)
             self.chunks = list(loaded.state.get("chunks") or [])
             self.saved_step = trainer.global_step
+            previous_problem = self.store.previous_problem() if loaded.path.name == CHECKPOINT_FILE else None
+            if previous_problem:  # the fallback is gone: make a new one now, while the latest is good
+                self.load_warnings.append(f"{previous_problem}; the fallback checkpoint was written anew")
+            heal = bool(loaded.warnings or meta_problem or previous_problem)
+            if meta_problem:
+                self.load_warnings.append(meta_problem + f"; loaded {loaded.path.name} at epoch "
+                                          f"{trainer.global_step} unverified, and wrote a new checksum file")
+            fallback_from = None
+            if loaded.path.name != CHECKPOINT_FILE:
+                fallback_from = int(latest_summary.get("global_step", self._journal_last_saved_step()))
+            heal = self._recover_pending(loaded, trainer, fallback_from) or heal
+            pruned = self.store.prune_kept(trainer.global_step) if fallback_from is not None else []
+            if pruned:
+                self.load_warnings.append(f"kept checkpoints of lost epochs removed: {pruned}")
+            # A damaged latest file damages the kept files that are hard links of it: drop them.
+            torn = self.store.drop_kept_linked_to(CHECKPOINT_FILE) if loaded.path.name != CHECKPOINT_FILE else []
+            if torn:
+                self.load_warnings.append(f"kept checkpoints damaged with {CHECKPOINT_FILE} removed: {torn}")
         self.trainer = trainer
         self._opened_step = trainer.global_step
         # Steps after the checkpoint (a crash, a kill) are hidden now and rewritten identically.
         self.logger = TensorBoardLogger(self.store.dir, purge_step=trainer.global_step if had_events else None)
         if self.saved_step is None:
-            self.save(keep=True)  # the initial state: every later rollback, undo and resume has a base
+            # The initial state, every later rollback, undo and resume's base: written twice, so that the
+            # run has two good checkpoint files (two inodes; kept/ files are hard links) from the start.
+            self.save()
+            self.save(keep=True)
+        elif heal:
+            # two good checkpoints and a checksum file again, before anything else happens
+            self.save(keep=trainer.global_step in torn)
+
+    def _journal_last_saved_step(self) -> int:
+        steps = [e["step"] for e in self.store.read_journal() if e.get("event") == "saved"]
+        return int(steps[-1]) if steps else 0
+
+    def _recover_pending(self, loaded, trainer: Trainer, fallback_from: int | None) -> bool:
+        """Settle the pending work after a damaged file (see :mod:`lrctl.recovery`). Returns whether to save."""
+        from lrctl.recovery import recover
+
+        problem = self.store.pending_problem()
+        if fallback_from is None and problem is None:
+            return False
+        events = self.store.read_journal()
+        after = None
+        for i in range(len(events) - 1, -1, -1):
+            if events[i].get("event") == "saved" and events[i].get("sha") == loaded.sha:
+                after = events[i + 1:]
+                break
+        result = recover(loaded_step=trainer.global_step, batches_per_epoch=trainer.batches_per_epoch,
+                         fallback_from=fallback_from, file_pending=self.store.read_pending(), file_problem=problem,
+                         snapshot=loaded.state.get("pending"), events_after_save=after)
+        self.load_warnings += result.messages
+        if result.rewritten:
+            self.store.write_pending(result.pending)
+            self.store.journal("pending_recovered", durable=True, step=trainer.global_step,
+                               chunks=result.pending.chunks if result.pending else None, why=result.messages)
+        return True
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -251,10 +332,12 @@ class RunSession:
             state["chunks"] = [dict(c) for c in self.chunks]
             pending = self.store.read_pending()
             state["pending"] = {"chunks": pending.chunks, "source": pending.source} if pending else None
-            self.store.save_checkpoint(state, {**self.summary(), "saved_at": _now()})
+            sha = self.store.save_checkpoint(state, {**self.summary(), "saved_at": _now()})
+            self.store.journal("saved", step=self.trainer.global_step, sha=sha)
             if keep:
                 self.store.keep_checkpoint(self.trainer.global_step, self.keep)
             self.saved_step = self.trainer.global_step
+            self.saved_this_session = True
             self._last_save = time.monotonic()
         finally:
             self.in_critical = False
@@ -294,11 +377,7 @@ class RunSession:
 
     def run_plan(self, chunks: list[tuple[int, str]], source: str = "plan") -> ChunkOutcome:
         """Record the chunks as pending work (durably), then train them."""
-        start = self.global_step
-        absolute = []
-        for epochs, expression in chunks:
-            absolute.append({"start": start, "epochs": epochs, "expr": parse(expression).text})
-            start += epochs
+        absolute = absolute_chunks(chunks, self.global_step)
         old = self.store.read_pending()
         if old is not None and old.remaining(self.global_step) > 0:
             self.store.journal("pending_replaced", durable=True, old=old.chunks, step=self.global_step)
@@ -306,6 +385,20 @@ class RunSession:
         job = {"job": self.group.job} if self.group is not None else {}
         self.store.journal("command", durable=True, source=source, chunks=absolute, **job)
         return self.finish_pending()
+
+    def _drop_changes_after(self, batch: int) -> list[dict[str, Any]]:
+        """Forget the pending chunks' lr changes made after global batch ``batch`` (an abandoned epoch's)."""
+        pending = self.store.read_pending()
+        lost: list[dict[str, Any]] = []
+        if pending is None:
+            return lost
+        for chunk in pending.chunks:
+            changes = chunk.get("changes") or []
+            lost += [c for c in changes if c["at_batch"] > batch]
+            chunk["changes"] = [c for c in changes if c["at_batch"] <= batch]
+        if lost:
+            self.store.write_pending(pending)
+        return lost
 
     def drop_pending(self, reason: str) -> None:
         self._scheduled = []
@@ -355,6 +448,7 @@ class RunSession:
         from lrctl.engine import Diverged
 
         trainer, store = self.trainer, self.store
+        self._mark_boundary()  # before the chunk's schedule is set: an abandoned first epoch goes back here
         self._prepare_schedule(chunk)
         end = chunk["start"] + chunk["epochs"]
         self._chunk_end = end
@@ -376,15 +470,21 @@ class RunSession:
             trainer.fit_rec(todo, on_epoch_end=self._epoch_done, on_batch_end=self._batch_boundary,
                             should_stop=self._should_stop)
         except KeyboardInterrupt:
-            dropped = trainer.global_step - (self.saved_step or 0)
+            was = trainer.global_step
             self._rollback()
-            outcome = ChunkOutcome("abandoned", trainer.global_step, dropped=dropped)
-            store.journal("interrupted", durable=True, how="abandon", step=trainer.global_step, dropped=dropped)
+            dropped = was - trainer.global_step
+            lost = self._drop_changes_after(trainer.global_step * trainer.batches_per_epoch)
+            outcome = ChunkOutcome("abandoned", trainer.global_step, dropped=dropped,
+                                   detail=f"{len(lost)} lr change(s) made in the abandoned epoch dropped" if lost
+                                   else "")
+            store.journal("interrupted", durable=True, how="abandon", step=trainer.global_step, dropped=dropped,
+                          dropped_changes=lost)
             self.observer.chunk_ended(outcome)
             return outcome
         except Diverged as e:
-            dropped = trainer.global_step - (self.saved_step or 0)
+            was = trainer.global_step + 1  # the diverged epoch is not counted in global_step
             self._rollback()
+            dropped = was - trainer.global_step
             self.drop_pending("diverged")
             outcome = ChunkOutcome("diverged", trainer.global_step, dropped=dropped, lr=e.record.lr,
                                    detail=f"loss became {e.loss} in epoch {e.record.step} at lr {e.record.lr:g}")
@@ -420,12 +520,17 @@ class RunSession:
                 batch_logger.log("lr_batch", lr, base + i)
             batch_logger.flush()
         self.logger.flush()
+        self._mark_boundary()
         every = self.cfg.train.checkpoint_every
         if (self._save_at_epoch_end or time.monotonic() - self._last_save >= self.save_every
                 or (every and (record.step + 1) % every == 0)):
             self._save_at_epoch_end = False
             self.save()
         self.observer.epoch_done(record, metric)
+
+    def _mark_boundary(self) -> None:
+        self._boundary.take(self.trainer)
+        self._boundary_chunks = [dict(c) for c in self.chunks]
 
     # -- live control ------------------------------------------------------------------------------
     def submit(self, command: dict[str, Any]) -> None:
@@ -545,8 +650,8 @@ class RunSession:
                     self.store.write_pending(pending)
             self.log_intervention(f"lr -> {spec.text} ({mode}, from {source}) at batch {done}", step)
             self.observer.message(f"lr -> {spec.text} ({mode}) from {source}, at batch {done}: now {trainer.lr:.6g}")
-            return {"ok": True, "cmd": "lr", "mode": mode, "lr": trainer.lr, "applied_at_batch": done,
-                    "global_step": step}
+            return {"ok": True, "cmd": "lr", "value": spec.text, "mode": mode, "lr": trainer.lr,
+                    "applied_at_batch": done, "global_step": step}
         if kind in ("pause", "resume"):
             self.paused = kind == "pause"
             self.store.journal(kind, step=step, at_batch=done, source=source)
@@ -590,11 +695,17 @@ class RunSession:
         return self._batch_logger
 
     def _rollback(self) -> None:
-        """Go back to the last checkpoint (after an abandoned or diverged epoch)."""
-        state = self._synced(lambda: self.store.load_checkpoint().state)
-        self.trainer.load_state_dict(state)
-        self.chunks = list(state.get("chunks") or [])
-        self.saved_step = self.trainer.global_step
+        """Go back to the last epoch boundary (after an abandoned or diverged epoch): the in-memory copy
+        taken there, or the last checkpoint when it is as recent."""
+        boundary = self._boundary
+        if boundary.step is not None and boundary.step >= (self.saved_step or 0):
+            boundary.restore(self.trainer)
+            self.chunks = [dict(c) for c in self._boundary_chunks]
+        else:
+            state = self._synced(lambda: self.store.load_checkpoint().state)
+            self.trainer.load_state_dict(state)
+            self.chunks = list(state.get("chunks") or [])
+            self.saved_step = self.trainer.global_step
         self.logger.purge(self.trainer.global_step)
         self.logger.flush()
         if self._batch_logger is not None:
@@ -619,6 +730,7 @@ class RunSession:
         self.trainer.load_state_dict(state)
         self.chunks = list(state.get("chunks") or [])
         self.drop_pending("undo")
+        self.store.prune_kept(target)  # the undone epochs' kept checkpoints are in no timeline now
         self.logger.purge(target)
         if self._batch_logger is not None:
             self._batch_logger.purge(target * self.trainer.batches_per_epoch)
@@ -671,6 +783,15 @@ class RunSession:
             self.store.close()
 
 
+def absolute_chunks(plan: list[tuple[int, str]], start: int) -> list[dict[str, Any]]:
+    """``[(30, "0.03"), (30, "0.01")]`` from epoch 60 -> chunks "from global epoch 60, 30 epochs of 0.03", ..."""
+    chunks = []
+    for epochs, expression in plan:
+        chunks.append({"start": start, "epochs": epochs, "expr": parse(expression).text})
+        start += epochs
+    return chunks
+
+
 def state_summary(state: dict[str, Any], metric: str) -> dict[str, Any]:
     """What a person wants to know of a checkpoint: epoch, last metrics, lr."""
     history = state.get("history") or []
@@ -682,38 +803,55 @@ def state_summary(state: dict[str, Any], metric: str) -> dict[str, Any]:
 def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> int:
     """``lrctl fork``: copy run ``source`` into new run ``name``, optionally from its kept checkpoint at epoch ``at``.
 
+    TensorBoard shows the new run's own timeline at once (both loaders): the source's later epochs,
+    batch-level scalars included, are purged in the copy. Nothing is left behind when it fails.
     Returns the new run's global epoch."""
+    import shutil
+
     from lrctl.tblog import TensorBoardLogger
 
     src, dst = RunStore(runs_dir, source), RunStore(runs_dir, name)
     if not src.exists:
         raise RunError(f"no run '{source}' in {runs_dir}")
-    if dst.exists:
+    if dst.exists or dst.dir.exists():
         raise RunError(f"run '{name}' exists already; pick another name")
     src.acquire()
     try:
+        cfg, _ = _read_frozen_config(src)
+        if at is None:
+            state = src.load_checkpoint().state
+        else:
+            state = src.load_kept(at)  # refuses before anything is copied
+        step = int(state["global_step"])
         dst.acquire()
         try:
             src.copy_to(dst)
-            cfg, _ = _read_frozen_config(src)
-            if at is None:
-                step = int(src.load_checkpoint().state["global_step"])
-            else:
-                state = src.load_kept(at)
-                for old in ("checkpoint.prev.pt", "checkpoint.json", "checkpoint.pt"):
+            dst.prune_kept(step)
+            if at is not None:
+                for old in (PREVIOUS_CHECKPOINT_FILE, CHECKPOINT_META_FILE, CHECKPOINT_FILE):
                     (dst.dir / old).unlink(missing_ok=True)
                 dst.save_checkpoint(state, state_summary(state, cfg.metric))
-                for step_kept in dst.kept_steps():
-                    if step_kept > at:
-                        (dst.dir / "kept" / f"step-{step_kept:08d}.pt").unlink()
-                step = at
-            TensorBoardLogger(dst.dir, purge_step=step).close()  # TensorBoard hides the source's later steps now
+            TensorBoardLogger(dst.dir, purge_step=step).close()
+            batch_dir = dst.dir / BATCH_LOGDIR
+            if batch_dir.is_dir():
+                TensorBoardLogger(batch_dir, purge_step=step * _batches_per_epoch(state, cfg)).close()
             dst.journal("forked", durable=True, source=source, step=step)
-        finally:
+        except BaseException:
             dst.close()
+            shutil.rmtree(dst.dir, ignore_errors=True)
+            raise
+        dst.close()
     finally:
         src.close()
     return step
+
+
+def _batches_per_epoch(state: dict[str, Any], cfg: config_mod.RunConfig) -> int:
+    if state.get("batches_per_epoch"):
+        return int(state["batches_per_epoch"])
+    from lrctl.engine import Trainer
+
+    return Trainer(cfg).batches_per_epoch
 
 
 def _read_frozen_config(store: RunStore) -> tuple[config_mod.RunConfig, str]:

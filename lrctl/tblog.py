@@ -22,6 +22,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Protocol
 
+from lrctl._faults import point as _fault_point
+
 _EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.")
 
 
@@ -104,9 +106,12 @@ class TensorBoardLogger:
         self._file = open(self.path, "wb")
         self._writer = RecordWriter(self._file)
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
-        if purge_step is not None:
-            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
-            self._write(event_pb2.Event(wall_time=time.time(), step=purge_step, session_log=start))
+        # Two STARTs open every file. TensorBoard's multiplexer (what `tensorboard --load_fast=false` and
+        # `lrctl tb` serve) ignores the first START it sees in a run and purges on every later one;
+        # EventAccumulator purges on each. So a later purge (undo, rollback, reopen) is honoured by both,
+        # even in a run whose older files have no START.
+        for _ in range(2):
+            self.purge(purge_step or 0)
         self.flush()
 
     def _write(self, event) -> None:
@@ -139,8 +144,10 @@ class TensorBoardLogger:
 
     def flush(self, durable: bool = False) -> None:
         """Make the events visible to TensorBoard; ``durable`` also forces them to disk (before a checkpoint)."""
+        _fault_point("write events")
         self._file.flush()
         if durable:
+            _fault_point("fsync events")
             os.fsync(self._file.fileno())
 
     def close(self) -> None:

@@ -1,0 +1,108 @@
+"""What a run still has to do after a damaged file: its pending work, rebuilt from the checkpoint and journal.
+
+Normally ``pending.json`` says what is left. When it is damaged, or when the latest checkpoint was
+lost and an older one loaded (the epochs since are gone and must be trained again), the work left
+*from the loaded checkpoint* is rebuilt from what the checkpoint recorded (its own copy of the
+pending work when it was saved) and the journal lines written after that save (new commands,
+mid-chunk lr changes, abandoned epochs, dropped work). When the journal shows something that cannot
+be redone exactly from there (an undo, a fork, a config change after that checkpoint), nothing is
+guessed: the work is dropped and the message names it.
+
+Pure functions over plain data: no torch, no files.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from lrctl.runstore import Pending
+
+# Journal events after which the run's timeline cannot be rebuilt from an older checkpoint.
+_UNREPLAYABLE = {"undo": "an undo", "fork": "a fork", "forked": "a fork", "config_changed": "a config change"}
+
+
+@dataclass
+class Recovery:
+    """The pending work to use, and what to tell the user (empty when nothing was wrong)."""
+
+    pending: Pending | None
+    messages: list[str] = field(default_factory=list)
+    rewritten: bool = False  # pending.json must be written anew
+
+
+def describe_chunks(chunks: list[dict[str, Any]], step: int) -> str:
+    parts = [f"{c['epochs']}@{c['expr']} from epoch {c['start']}" for c in chunks if c["start"] + c["epochs"] > step]
+    return "; ".join(parts) or "nothing"
+
+
+def recover(*, loaded_step: int, batches_per_epoch: int, fallback_from: int | None,
+            file_pending: Pending | None, file_problem: str | None, snapshot: dict[str, Any] | None,
+            events_after_save: list[dict[str, Any]] | None) -> Recovery:
+    """Decide the pending work after opening a run.
+
+    Args:
+        loaded_step: the epoch of the checkpoint that loaded.
+        batches_per_epoch: to place mid-chunk changes (recorded by global batch) in their chunk.
+        fallback_from: the epoch the run had reached when the latest checkpoint was lost (None: it loaded).
+        file_pending: what ``pending.json`` says (None: absent or damaged).
+        file_problem: why ``pending.json`` could not be read, if it could not.
+        snapshot: the pending work stored in the loaded checkpoint when it was saved.
+        events_after_save: journal events after that checkpoint's save (None: its save is not in the journal).
+    """
+    if fallback_from is None and file_problem is None:
+        return Recovery(file_pending)
+    lost = (f"epochs {loaded_step}..{fallback_from - 1} were lost with the latest checkpoint"
+            if fallback_from is not None and fallback_from > loaded_step else "")
+    why = "; ".join(x for x in (file_problem, lost) if x)
+    if file_pending is not None and file_pending.chunks and file_pending.chunks[0]["start"] <= loaded_step:
+        # pending.json still holds the chunk the loaded checkpoint is in: it redoes the lost epochs exactly.
+        redo = f": the pending work redoes them exactly ({describe_chunks(file_pending.chunks, loaded_step)})"
+        return Recovery(file_pending, [why + redo] if why else [])
+    rebuilt, unsure = _replay_journal(snapshot, events_after_save, batches_per_epoch)
+    if unsure is None:
+        left = [c for c in rebuilt if c["start"] + c["epochs"] > loaded_step]
+        if not left or left[0]["start"] <= loaded_step:
+            if not left:
+                return Recovery(None, [f"{why}; no unfinished work was pending then"] if why else [],
+                                rewritten=file_problem is not None)
+            text = describe_chunks(left, loaded_step)
+            return Recovery(Pending(left, "recovered"),
+                            [f"{why}; the unfinished work was rebuilt from the checkpoint and the journal "
+                             f"and will be redone exactly: {text}"], rewritten=True)
+        unsure = "the journal's work does not start where the loaded checkpoint is"
+    dropped = file_pending.chunks if file_pending is not None else (snapshot or {}).get("chunks") or []
+    text = describe_chunks(dropped, loaded_step) if dropped else "the interrupted command"
+    return Recovery(None, [f"{why}; the unfinished work cannot be redone exactly ({unsure}) and was dropped: "
+                           f"{text}. Train it again at the prompt"], rewritten=True)
+
+
+def _replay_journal(snapshot: dict[str, Any] | None, events: list[dict[str, Any]] | None,
+                    batches_per_epoch: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The pending chunks as of the end of the journal, starting from the checkpoint's own copy."""
+    if events is None:
+        return [], "the journal does not record when the loaded checkpoint was saved"
+    chunks = copy.deepcopy((snapshot or {}).get("chunks") or [])
+    for event in events:
+        kind = event.get("event")
+        if kind in _UNREPLAYABLE:
+            return [], f"{_UNREPLAYABLE[kind]} came after that checkpoint"
+        if kind == "command":
+            chunks = copy.deepcopy(event.get("chunks") or [])
+        elif kind in ("pending_dropped", "diverged"):
+            chunks = []
+        elif kind == "control" and event.get("cmd") == "lr":
+            change = {k: event[k] for k in ("cmd", "value", "mode", "at_batch", "source") if k in event}
+            for chunk in chunks:
+                lo, hi = chunk["start"] * batches_per_epoch, (chunk["start"] + chunk["epochs"]) * batches_per_epoch
+                if lo < change.get("at_batch", -1) <= hi:
+                    known = chunk.setdefault("changes", [])
+                    if change not in known:
+                        known.append(change)
+                    break
+        elif kind == "interrupted" and event.get("how") == "abandon":
+            cut = int(event["step"]) * batches_per_epoch
+            for chunk in chunks:
+                chunk["changes"] = [c for c in chunk.get("changes", []) if c["at_batch"] <= cut]
+    return chunks, None
