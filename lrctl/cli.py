@@ -368,9 +368,10 @@ def _open(args: argparse.Namespace, group):
         from lrctl.engine import Trainer
 
         prebuilt = Trainer(cfg)
+    plan = parse_plan(args.plan) if getattr(args, "plan", None) is not None else None
     session = RunSession.open(args.runs_dir, run_name, cfg, force_config=getattr(args, "force_config", False),
                               save_every=save_every, observer=View(), config_origin=origin,
-                              keep=args.keep_checkpoints, group=group)
+                              keep=args.keep_checkpoints, group=group, plan=plan)
     return session, prebuilt, origin
 
 
@@ -396,11 +397,10 @@ def _serve(args: argparse.Namespace, plan, group, session, prebuilt) -> int:
     if control.start() is None:
         view.warn(f"no control socket for this run (lrctl send is unavailable): {session.store.dir} "
                   "is too long a path for a Unix socket, or the platform has none")
-    view.banner(run_name, session.is_new, session.store.summary(), session.cfg.describe(), logdir)
-    if group is not None:
-        view.say(group.describe() + (f" · restart {group.restart_count}" if group.restart_count else ""))
-    for problem in session.store.check_checkpoints()[1]:
-        view.warn(problem)
+    store = session.store
+    # A damaged file: what loads, and what it means for the run, is said before any question is asked.
+    damaged = not session.is_new and bool(store.meta_problem() or store.check_checkpoints()[1]
+                                          or store.pending_problem())
     loader = _Loader(session, prebuilt)
     code, reason = EXIT_OK, "quit"
     holder = [session, control]  # the REPL may continue in a fork
@@ -408,6 +408,16 @@ def _serve(args: argparse.Namespace, plan, group, session, prebuilt) -> int:
     restarted = group is not None and group.restart_count > 0
     orderly = False  # the other ranks are told to quit only then: after an error they may be mid-collective
     try:
+        if damaged:
+            loader.wait()
+        view.banner(run_name, session.is_new, session.summary() if damaged else store.summary(),
+                    session.cfg.describe(), logdir)
+        if group is not None:
+            view.say(group.describe() + (f" · restart {group.restart_count}" if group.restart_count else ""))
+        if damaged:
+            for warning in session.load_warnings:
+                view.warn(warning)
+            session.load_warnings.clear()
         if plan is not None:
             code, reason = _run_plan(session, plan, loader, view, resume_only=restarted and _job_ran(session, group))
         else:
@@ -441,7 +451,8 @@ def _serve(args: argparse.Namespace, plan, group, session, prebuilt) -> int:
     run_name = session.store.name
     step = session.global_step
     where = "" if args.runs_dir == DEFAULT_RUNS_DIR else f" --runs-dir {args.runs_dir}"
-    view.say(f"saved run '{run_name}' at epoch {step} · resume with: lrctl --run {run_name}{where}")
+    said = "saved run" if session.saved_this_session else "run"
+    view.say(f"{said} '{run_name}' at epoch {step} · resume with: lrctl --run {run_name}{where}")
     return code
 
 
@@ -456,6 +467,10 @@ def _run_plan(session, plan, loader: _Loader, view, resume_only: bool = False) -
     loader.wait()
     for warning in session.load_warnings:
         view.warn(warning)
+    if session.plan_recorded:  # a new run: its plan was recorded with it, before torch loaded
+        with chunk_interrupts(session, view):
+            outcome = session.finish_pending()
+        return _plan_result(session, outcome, view)
     if resume_only:  # the plan is already the run's pending work: finish what is left of it
         view.say("the plan was started before the restart: finishing what is left of it")
         with chunk_interrupts(session, view):

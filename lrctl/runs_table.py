@@ -35,6 +35,12 @@ def _state(store: RunStore) -> str:
     chosen, problems = store.check_checkpoints()
     if chosen is None and problems:
         return "corrupt: " + "; ".join(problems)
+    meta_problem = store.meta_problem()
+    if meta_problem:
+        return f"unverified: {meta_problem} (lrctl resume {store.name} rewrites it)"
+    pending_problem = store.pending_problem()
+    if pending_problem:
+        return f"interrupted? {pending_problem}: lrctl resume {store.name} rebuilds the work from the journal"
     pending = store.read_pending()
     step = int(store.summary().get("global_step", 0))
     if pending is not None and pending.remaining(step) > 0:
@@ -42,6 +48,18 @@ def _state(store: RunStore) -> str:
     if problems:
         return "ok (latest checkpoint damaged; previous one used)"
     return "ok"
+
+
+def _loaded_summary(store: RunStore) -> tuple[dict, str | None]:
+    """Without a checksum file the summary is unknown without loading: load (torch, weights_only)."""
+    from lrctl.session import state_summary
+
+    try:
+        loaded = store.load_checkpoint()
+    except RunError as e:
+        return {}, f"corrupt: {e}"
+    refused = [w for w in loaded.warnings if "refused" in w]
+    return state_summary(loaded.state, "mse"), ("refused: " + "; ".join(refused)) if refused else None
 
 
 def list_runs(runs_dir: Path) -> list[RunRow]:
@@ -56,11 +74,14 @@ def list_runs(runs_dir: Path) -> list[RunRow]:
         except RunError:
             continue
         summary = store.summary()
+        state = None
+        if not summary and store.has_checkpoint():
+            summary, state = _loaded_summary(store)
         last = summary.get("last") or {}
         modified = max((p.stat().st_mtime for p in path.iterdir()), default=path.stat().st_mtime)
         rows.append(RunRow(path.name, summary.get("global_step"), summary.get("metric", "mse"), last.get("train"),
                            last.get("test"), summary.get("lr"),
-                           dt.datetime.fromtimestamp(modified).strftime("%Y-%m-%d %H:%M"), _state(store)))
+                           dt.datetime.fromtimestamp(modified).strftime("%Y-%m-%d %H:%M"), state or _state(store)))
     return rows
 
 

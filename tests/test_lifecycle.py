@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import os
 import queue
 import shutil
@@ -31,18 +30,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, Phase, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule  # noqa: E402
-
-from lrctl import _faults  # noqa: E402
-from lrctl.config import RunConfig, with_overrides  # noqa: E402
-from lrctl.runstore import CHECKPOINT_FILE, CHECKPOINT_META_FILE, PENDING_FILE, PREVIOUS_CHECKPOINT_FILE  # noqa: E402
-from lrctl.runstore import JOURNAL_FILE, Pending, RunError, RunStore  # noqa: E402
-from lrctl.schedules import parse  # noqa: E402
-from lrctl.session import Observer, RunSession  # noqa: E402
+from lrctl import _faults
+from lrctl.config import RunConfig, with_overrides
+from lrctl.runstore import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_META_FILE,
+    JOURNAL_FILE,
+    PENDING_FILE,
+    PREVIOUS_CHECKPOINT_FILE,
+    Pending,
+    RunError,
+    RunStore,
+)
+from lrctl.schedules import parse
+from lrctl.session import Observer, RunSession
+from tests.conftest import assert_states_equal, read_checkpoint
 
 # Shrinking a sequence of trainings can take minutes: CI reports the failing sequence as found.
 settings.register_profile("ci", max_examples=int(os.environ.get("LRCTL_SIM_EXAMPLES", "30")),
@@ -407,12 +413,7 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self.session is not None and self.session.pending is not None)
     @rule()
     def finish(self) -> None:
-        m = self.model
-        try:
-            outcome = self.session.finish_pending()
-        except SimKill:  # pragma: no cover - no fault is armed here
-            raise
-        self._follow(outcome)
+        self._follow(self.session.finish_pending())
 
     @precondition(lambda self: self.session is not None)
     @rule()
@@ -465,7 +466,6 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self.session is not None)
     @rule()
     def find(self) -> None:
-        from conftest import assert_states_equal
         from lrctl.lrfind import range_test
 
         before = copy.deepcopy(self.session.trainer.state_dict())
@@ -563,8 +563,6 @@ class Lifecycle(RuleBasedStateMachine):
 
     def _check_against_fresh_run(self) -> None:
         """The run's checkpoint equals a new run that trains the model's timeline from scratch."""
-        from conftest import assert_states_equal, read_checkpoint
-
         m = self.model
         fresh = RunSession.open(self.runs, "fresh-replay", self.cfg, save_every=NEVER)
         fresh.load()

@@ -1,0 +1,316 @@
+"""One test per defect found where two features meet (issue "Trust at the seams"); each failed before its fix.
+
+The lifecycle simulation (tests/test_lifecycle.py) explores the sequences; these pin each defect down
+with the smallest case, in-process (``main(argv)`` and the session API).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import queue
+import sys
+
+import pytest
+
+from lrctl import _faults
+from lrctl.cli import main
+from lrctl.config import RunConfig, with_overrides
+from lrctl.runs_table import list_runs
+from lrctl.runstore import CHECKPOINT_FILE, CHECKPOINT_META_FILE, PENDING_FILE, RunError, RunStore
+from lrctl.session import Observer, RunSession, fork_run
+from tests.conftest import assert_states_equal, read_checkpoint
+from tests.test_lifecycle import SimKill, check_tensorboard, simulate_kill, tb_scalars_multiplexer
+
+NEVER = float("inf")
+
+
+def small() -> RunConfig:
+    return with_overrides(RunConfig(), ["data.rows=300"])  # 5 batches an epoch
+
+
+def open_run(runs, name="r", **kw) -> RunSession:
+    session = RunSession.open(runs, name, small(), save_every=kw.pop("save_every", NEVER), **kw)
+    session.load()
+    return session
+
+
+def run_main(argv: list[str], stdin: str, monkeypatch, capsys) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+class KillAtEpoch(Observer):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def epoch_done(self, record, metric) -> None:
+        if record.step + 1 == self.step:
+            raise SimKill(f"after epoch {record.step}")
+
+
+def uninterrupted(runs, plan) -> dict:
+    session = open_run(runs, "reference")
+    session.run_plan(plan)
+    session.close()
+    return read_checkpoint(runs / "reference" / CHECKPOINT_FILE)
+
+
+# 1 -------------------------------------------------------------------------------------------------------
+def test_a_new_run_never_exists_without_the_plan_that_created_it(tmp_path, monkeypatch, capsys):
+    """kill -9 while torch loads (after config.toml appears, before training): resume runs the plan."""
+    runs = tmp_path / "runs"
+    seen = {}
+
+    def at_point(name: str) -> None:
+        if name == "rename config.toml":  # the moment the run starts to exist
+            seen["pending"] = (runs / "r" / PENDING_FILE).exists()
+            seen["journal"] = [json.loads(x)["event"] for x in (runs / "r" / "journal.jsonl").read_text().splitlines()]
+
+    _faults.install(at_point)
+    try:
+        session = RunSession.open(runs, "r", small(), plan=[(2, "0.03"), (1, "0.01")])
+    finally:
+        _faults.install(None)
+    assert seen["pending"] and "command" in seen["journal"]
+    simulate_kill(session)  # killed before load(): no checkpoint, no epoch trained
+    code, out = run_main(["resume", "r", "--runs-dir", str(runs)], "", monkeypatch, capsys)
+    assert code == 0, out
+    assert "finishing the interrupted work (3 epochs left in 2 chunks)" in out
+    assert_states_equal(read_checkpoint(runs / "r" / CHECKPOINT_FILE), uninterrupted(runs, [(2, "0.03"), (1, "0.01")]))
+
+
+# 2 -------------------------------------------------------------------------------------------------------
+def test_lost_latest_checkpoint_redoes_the_lost_work_exactly(tmp_path):
+    """Plan 3@0.03;3@0.01 killed at epoch 5, latest checkpoint (epoch 3) deleted: the previous one (epoch 0)
+    loads and the whole plan is redone, not 6 epochs of 0.01 from epoch 0."""
+    runs = tmp_path / "runs"
+    plan = [(3, "0.03"), (3, "0.01")]
+    session = open_run(runs, observer=KillAtEpoch(5))
+    with pytest.raises(SimKill):
+        session.run_plan(plan)
+    simulate_kill(session)
+    (runs / "r" / CHECKPOINT_FILE).unlink()
+    session = open_run(runs)
+    assert session.global_step == 0
+    assert any("checkpoint.pt is missing" in w for w in session.load_warnings), session.load_warnings
+    assert any("redone exactly: 3@0.03 from epoch 0; 3@0.01 from epoch 3" in w for w in session.load_warnings)
+    session.finish_pending()
+    session.close()
+    assert_states_equal(read_checkpoint(runs / "r" / CHECKPOINT_FILE), uninterrupted(runs, plan))
+
+
+def test_lost_work_that_cannot_be_redone_exactly_is_refused_by_name(tmp_path):
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.train(2, "0.03")
+    session.train(2, "0.02")
+    session.undo()  # the timeline after the older checkpoint has an undo in it
+    session.store.write_pending(None)
+    session.run_plan([(3, "0.01")])
+    session.close()
+    (runs / "r" / CHECKPOINT_FILE).unlink()
+    (runs / "r" / PENDING_FILE).write_text("{garbage")
+    session = open_run(runs)
+    assert any("cannot be redone exactly (an undo came after that checkpoint)" in w for w in session.load_warnings)
+    assert session.pending is None
+    session.close()
+
+
+# 3 -------------------------------------------------------------------------------------------------------
+def test_garbage_pending_file_is_reported_and_the_work_rebuilt_from_the_journal(tmp_path):
+    runs = tmp_path / "runs"
+    plan = [(2, "0.03"), (2, "cos 0.02")]
+    session = open_run(runs, observer=KillAtEpoch(3), save_every=0)
+    with pytest.raises(SimKill):
+        session.run_plan(plan)
+    simulate_kill(session)
+    (runs / "r" / PENDING_FILE).write_text("not json")
+    row = {r.name: r for r in list_runs(runs)}["r"]
+    assert "pending.json is damaged" in row.state, row.state
+    session = open_run(runs)
+    assert any("rebuilt from the checkpoint and the journal" in w for w in session.load_warnings)
+    assert session.pending.remaining(session.global_step) == 1
+    session.finish_pending()
+    session.close()
+    assert_states_equal(read_checkpoint(runs / "r" / CHECKPOINT_FILE), uninterrupted(runs, plan))
+
+
+# 4 -------------------------------------------------------------------------------------------------------
+def test_missing_checksum_file_is_reported_and_shows_the_true_epoch(tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.train(3, "0.03")
+    session.close()
+    (runs / "r" / CHECKPOINT_META_FILE).unlink()
+    row = {r.name: r for r in list_runs(runs)}["r"]
+    assert row.step == 3 and row.state.startswith("unverified"), row
+    code, out = run_main(["--run", "r", "--runs-dir", str(runs)], "n\n", monkeypatch, capsys)
+    assert code == 0
+    assert "resumed at epoch 3" in out and "checksum cannot be verified" in out
+    assert out.index("checksum cannot be verified") < out.index("Continue training?")
+    assert (runs / "r" / CHECKPOINT_META_FILE).exists()  # healed
+
+
+def test_after_a_fallback_banner_and_runs_show_the_epoch_that_loads(tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.train(2, "0.03")
+    session.train(2, "0.01")
+    session.close()
+    latest = runs / "r" / CHECKPOINT_FILE
+    latest.write_bytes(latest.read_bytes()[:100])
+    assert {r.name: r for r in list_runs(runs)}["r"].step == 2
+    code, out = run_main(["--run", "r", "--runs-dir", str(runs)], "n\n", monkeypatch, capsys)
+    assert "resumed at epoch 2" in out and "falling back to checkpoint.prev.pt (epoch 2)" in out, out
+
+
+# 5 -------------------------------------------------------------------------------------------------------
+class Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_refused_checkpoint_is_reported_at_open_and_nothing_claims_a_save(tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.train(2, "0.03")
+    session.train(1, "0.01")
+    session.close()
+    (runs / "r" / CHECKPOINT_FILE).write_bytes(pickle.dumps({"model": Payload(), "global_step": 9}))
+    row = {r.name: r for r in list_runs(runs)}["r"]
+    assert row.step == 2 and "damaged" in row.state, row
+    code, out = run_main(["--run", "r", "--runs-dir", str(runs)], "n\n", monkeypatch, capsys)
+    assert "code ran" not in out
+    assert "resumed at epoch 2" in out
+    assert out.index("falling back to checkpoint.prev.pt") < out.index("Continue training?")
+
+
+def test_exit_line_says_saved_only_when_something_was_saved(tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.train(1, "0.03")
+    session.close()
+    code, out = run_main(["--run", "r", "--runs-dir", str(runs)], "n\n", monkeypatch, capsys)
+    assert "saved run" not in out and "run 'r' at epoch 1" in out
+
+
+# 6 -------------------------------------------------------------------------------------------------------
+class LrAtBatch(Observer):
+    """Submits a live change at one batch boundary; records the lr in force for each next batch."""
+
+    wants_batches = True
+
+    def __init__(self, at: int, command: dict) -> None:
+        self.at, self.command, self.lrs, self.n = at, command, [], 0
+        self.reply: queue.SimpleQueue = queue.SimpleQueue()
+
+    def batch_done(self, batch, batches) -> None:
+        self.n += 1
+        self.lrs.append(self.session.trainer.lr)
+        if self.n == self.at:
+            self.session.submit({**self.command, "source": "test", "reply": self.reply})
+
+
+@pytest.mark.parametrize("mode", ["set", "scale", "restart"])
+def test_live_lr_change_holds_under_a_per_batch_schedule(tmp_path, mode):
+    """cyclic runs every batch; `lr 0.005 MODE` at batch 3 governs every later batch (it held for one)."""
+    from lrctl.lr_runner import ScheduleRunner
+    from lrctl.schedules import parse, with_base
+
+    runs = tmp_path / "runs"
+    observer = LrAtBatch(3, {"cmd": "lr", "value": "0.005", "mode": mode})
+    session = open_run(runs, observer=observer)
+    observer.session = session
+    session.train(3, "cyclic 0.001 0.03 period=1")
+    assert observer.reply.get_nowait()["ok"]
+    bpe = session.trainer.batches_per_epoch
+    lrs = observer.lrs[3:]  # the lr of batches 5, 6, ... (the change is applied at the boundary after batch 4)
+    spec = parse("cyclic 0.001 0.03 period=1")
+    shadow = _shadow_lrs(spec, 3, bpe)  # the untouched cycle, batch by batch
+    if mode == "set":
+        expected = [0.005] * len(lrs)
+    elif mode == "scale":
+        factor = 0.005 / shadow[3]
+        expected = [v * factor for v in shadow[3:]]
+    else:
+        import torch
+
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        runner = ScheduleRunner(with_base(spec, 0.005), opt, 0, 3, bpe)
+        expected = []
+        for _ in lrs:
+            expected.append(runner.lr)
+            runner.after_batch()
+    assert lrs == pytest.approx(expected, rel=1e-9), (mode, lrs, expected)
+    session.close()
+
+
+def _shadow_lrs(spec, epochs: int, bpe: int) -> list[float]:
+    import torch
+
+    from lrctl.lr_runner import ScheduleRunner
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.1)
+    runner = ScheduleRunner(spec, opt, 0, epochs, bpe)
+    out = []
+    for _ in range(epochs * bpe):
+        runner.after_batch()
+        out.append(runner.lr)
+    return out
+
+
+def test_live_change_from_a_constant_to_cyclic_cycles_within_the_epoch(tmp_path):
+    runs = tmp_path / "runs"
+    observer = LrAtBatch(1, {"cmd": "lr", "value": "cyclic 0.001 0.03 period=1"})
+    session = open_run(runs, observer=observer)
+    observer.session = session
+    session.train(1, "0.01")
+    assert observer.lrs[1:] == pytest.approx([0.001, 0.0155, 0.03, 0.0155])  # it cycles every batch
+    session.close()
+
+
+# 7 -------------------------------------------------------------------------------------------------------
+def test_after_undo_both_tensorboard_loaders_show_the_timeline(tmp_path):
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.train(3, "0.03")
+    session.train(3, "0.01")
+    session.undo()
+    check_tensorboard(runs / "r", session.trainer.history)  # right after the undo
+    session.train(2, "0.02")
+    check_tensorboard(runs / "r", session.trainer.history)
+    assert [s for s, _ in sorted(tb_scalars_multiplexer(runs / "r")["lr"])] == [0, 1, 2, 3, 4]
+    session.close()
+
+
+def test_fork_at_shows_only_the_forks_timeline(tmp_path):
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.train(2, "0.03")
+    session.train(2, "cyclic 0.001 0.03 period=1")
+    session.close()
+    assert fork_run(runs, "r", "f", at=2) == 2
+    forked = open_run(runs, "f")
+    check_tensorboard(runs / "f", forked.trainer.history)
+    batch = tb_scalars_multiplexer(runs / "f" / "batch")
+    assert all(step < 2 * forked.trainer.batches_per_epoch for step, _ in batch.get("lr_batch", []))
+    forked.close()
+
+
+# 8 -------------------------------------------------------------------------------------------------------
+def test_fork_at_an_undone_epoch_is_refused_and_a_failed_fork_leaves_nothing(tmp_path):
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.train(2, "0.03")
+    session.train(2, "0.01")  # kept at epoch 4
+    session.undo()  # back to 2: epoch 4's kept checkpoint is in no timeline now
+    session.close()
+    assert 4 not in RunStore(runs, "r").kept_steps()
+    with pytest.raises(RunError, match="keeps no checkpoint at epoch 4"):
+        fork_run(runs, "r", "f", at=4)
+    assert not (runs / "f").exists()
