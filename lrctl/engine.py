@@ -16,6 +16,7 @@ epoch and read once, with one ``tolist()``.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -136,7 +137,13 @@ class Trainer:
         self._shard: data_mod.Shard | None = None
         self._positions: torch.Tensor | None = None
         self._has_buffers = any(True for _ in self.model.buffers())
-        self.torn = False  # True while an epoch is half done: such weights are never saved
+        self.torn = False  # True while an epoch is half done: such weights are never saved...
+        # ...except at a batch boundary (mid-epoch checkpoints): batches done in the current epoch, the
+        # lr it started at and the lrs of its batches so far, so a resumed epoch records the same scalars.
+        self.batch_in_epoch = 0
+        self._epoch_start_lr = 0.0
+        self._epoch_lrs: list[float] = []
+        self._epoch_per_batch = False
         self.global_step = 0
         self.runner: ScheduleRunner | None = None
         self.history: list[dict[str, float | int]] = []
@@ -215,14 +222,19 @@ class Trainer:
         scales = self._shard.scales if self._shard is not None else None
         nb = self.batches_per_epoch
         # Each batch's lr is a Python float already (no sync); kept when a per-batch schedule ran this epoch.
-        batch_lrs: list[float] = []
-        per_batch = self.runner is not None and self.runner.per_batch
+        # A resumed mid-epoch checkpoint continues the epoch: its first batches are skipped (same order).
+        skip = self.batch_in_epoch
+        batch_lrs = self._epoch_lrs = self._epoch_lrs if skip else []
+        per_batch = (self._epoch_per_batch if skip else False) or (self.runner is not None and self.runner.per_batch)
         params, plain_sgd = self._params, self._plain_sgd
         group = optimizer.param_groups[0]
         if plain_sgd:
             optimizer._opt_called = True  # what step() would mark: torch's schedulers check it to warn about order
         model.train()
-        for b, (x, y) in enumerate(self._batches()):
+        batches = self._batches()
+        if skip:
+            batches = itertools.islice(batches, skip, None)
+        for b, (x, y) in enumerate(batches, start=skip):
             batch_lrs.append(group["lr"])
             loss = loss_fn(model(x), y)
             if scales is not None and scales[b] != 1.0:
@@ -244,8 +256,10 @@ class Trainer:
             if runner is not None:
                 per_batch = per_batch or runner.per_batch
                 runner.after_batch()
+            self.batch_in_epoch, self._epoch_per_batch = b + 1, per_batch
             if on_batch_end is not None:
                 on_batch_end(b + 1, nb)
+        self.batch_in_epoch = 0
         return batch_lrs if per_batch else None
 
     def evaluate(self) -> tuple[float, float, float]:
@@ -303,7 +317,9 @@ class Trainer:
         records = []
         for _ in range(epochs):
             started = time.perf_counter()
-            lr = self.lr
+            if not self.batch_in_epoch:
+                self._epoch_start_lr = self.lr
+            lr = self._epoch_start_lr
             self.torn = True
             batch_lrs = self._run_batches(on_batch_end)
             if self.group is not None and self._has_buffers:
@@ -331,10 +347,14 @@ class Trainer:
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.runner.state_dict() if self.runner is not None else None,
-                "global_step": self.global_step, "rng": rng, "history": list(self.history), "lr": self.lr,
-                "batches_per_epoch": self.batches_per_epoch}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "schedule": self.runner.state_dict() if self.runner is not None else None,
+                 "global_step": self.global_step, "rng": rng, "history": list(self.history), "lr": self.lr,
+                 "batches_per_epoch": self.batches_per_epoch}
+        if self.batch_in_epoch:  # taken at a batch boundary inside an epoch (see :meth:`fit_rec`)
+            state["mid_epoch"] = {"batch": self.batch_in_epoch, "start_lr": self._epoch_start_lr,
+                                  "batch_lrs": list(self._epoch_lrs), "per_batch": self._epoch_per_batch}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -344,6 +364,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.global_step = int(state["global_step"])
         self.torn = False
+        mid = state.get("mid_epoch") or {}
+        self.batch_in_epoch = int(mid.get("batch", 0))
+        self._epoch_start_lr = float(mid.get("start_lr", 0.0))
+        self._epoch_lrs = [float(v) for v in mid.get("batch_lrs", [])]
+        self._epoch_per_batch = bool(mid.get("per_batch", False))
         self.history = list(state.get("history", []))
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
