@@ -284,6 +284,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             code = _train(args, plan, group)
         together = True
         return code
+    except Exception as e:
+        message = distributed.peer_lost_message(e, run_name) if group is not None else None
+        if message is None:
+            raise
+        print(f"lrctl: rank {group.rank}: {message}", file=sys.stderr)  # not a traceback: a rank died
+        return EXIT_ERROR
     finally:
         if group is not None:
             group.close(together)
