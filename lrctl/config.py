@@ -199,7 +199,7 @@ def validate(cfg: RunConfig) -> list[str]:
     check("data.weights", bool(d.weights), "needs at least one weight")
     check("data.degree", d.degree <= MAX_DEGREE, f"must be <= {MAX_DEGREE} (x**degree overflows float32)")
     check("data.noise", d.noise >= 0, "must be >= 0 (it is a standard deviation)")
-    check("data.class_std", d.class_std > 0, "must be > 0 (it is a standard deviation)")
+    check("data.class_std", d.class_std >= 0, "must be >= 0 (it is a standard deviation)")
     check("model.hidden", all(h > 0 for h in m.hidden), "widths must be > 0")
     check("model.dropout", 0 <= m.dropout < 1, "must be in [0, 1)")
     check("train.momentum", 0 <= t.momentum < 1, "must be in [0, 1) (0 = none; 0.9 is usual)")

@@ -106,7 +106,7 @@ BAD_SETTINGS = [
     ([CLA, "data.rows_per_class=0"], "data.rows_per_class: must be > 0"),
     ([CLA, "data.features=0"], "data.features: must be > 0"),
     ([CLA, "data.class_gap=inf"], "data.class_gap: must be a finite number, got inf"),
-    ([CLA, "data.class_std=0"], "data.class_std: must be > 0"),
+    ([CLA, "data.class_std=-1"], "data.class_std: must be >= 0"),
     (["data.train_fraction=1"], "data.train_fraction: must be between 0 and 1"),
     (["data.train_fraction=0.0"], "data.train_fraction: must be between 0 and 1"),
     (["data.train_fraction=nan"], "data.train_fraction: must be a finite number"),

