@@ -268,6 +268,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lrctl import distributed
 
     if args.nproc is not None and distributed.world_size_from_env() <= 1:
+        cfg, _ = _resolve_config(args, RunStore(args.runs_dir, run_name))  # refused before torchrun starts
+        if cfg is not None:
+            from lrctl.devices import check_device
+
+            check_device(cfg.train.device)
         return distributed.launch(args.nproc, _without_launch_options(args.argv), args.max_restarts)
     timeout = distributed.DEFAULT_TIMEOUT if args.dist_timeout is None else args.dist_timeout
     group = distributed.Group.join(timeout) if distributed.world_size_from_env() > 1 else None

@@ -242,6 +242,13 @@ def test_csv_data_that_leaves_a_one_row_batch_is_refused_before_the_run_exists(t
     assert "train.batch_size: 6 over 7 training rows gives a batch of one row" in err
 
 
+def test_a_bad_setting_is_refused_before_torchrun_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("lrctl.distributed.launch", lambda *a: pytest.fail("torchrun was started"))
+    err = _main_refuses(["--run", "x", "--nproc", "2", "--set", "train.momentum=-1"], tmp_path, capsys)
+    assert "train.momentum: must be in [0, 1)" in err
+
+
 @pytest.mark.parametrize(("options", "message"), [
     (["--save-every", "nan"], "--save-every: must be a finite number of seconds >= 0"),
     (["--save-every", "-1"], "--save-every: must be a finite number of seconds >= 0"),
