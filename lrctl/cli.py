@@ -232,9 +232,32 @@ class _Loader:
             raise self.error
 
 
+def option_problems(args: argparse.Namespace) -> list[str]:
+    """Every numeric option out of its range, each naming the option (nan and inf included)."""
+    import math
+
+    problems = []
+    if args.save_every is not None and not (math.isfinite(args.save_every) and args.save_every >= 0):
+        problems.append(f"--save-every: must be a finite number of seconds >= 0 (0 = every epoch), "
+                        f"got {args.save_every}")
+    if args.keep_checkpoints < 0:
+        problems.append(f"--keep-checkpoints: must be >= 0 (0 = keep all), got {args.keep_checkpoints}")
+    if args.dist_timeout is not None and not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        problems.append(f"--dist-timeout: must be a finite number of seconds > 0, got {args.dist_timeout}")
+    if args.nproc is not None and args.nproc < 1:
+        problems.append(f"--nproc: must be at least 1, got {args.nproc}")
+    if args.max_restarts < 0:
+        problems.append(f"--max-restarts: must be at least 0, got {args.max_restarts}")
+    return problems
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     run_name = args.run
     RunStore(args.runs_dir, run_name)  # validates the name before any file is touched
+    problems = option_problems(args)
+    if problems:
+        print("\n".join(f"lrctl: {problem}" for problem in problems), file=sys.stderr)
+        return EXIT_USAGE
     plan = None
     if getattr(args, "plan", None) is not None:
         try:
@@ -245,9 +268,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lrctl import distributed
 
     if args.nproc is not None and distributed.world_size_from_env() <= 1:
-        if args.nproc < 1 or args.max_restarts < 0:
-            print("lrctl: --nproc must be at least 1 and --max-restarts at least 0", file=sys.stderr)
-            return EXIT_USAGE
+        cfg, _ = _resolve_config(args, RunStore(args.runs_dir, run_name))  # refused before torchrun starts
+        if cfg is not None:
+            from lrctl.devices import check_device
+
+            check_device(cfg.train.device)
         return distributed.launch(args.nproc, _without_launch_options(args.argv), args.max_restarts)
     timeout = distributed.DEFAULT_TIMEOUT if args.dist_timeout is None else args.dist_timeout
     group = distributed.Group.join(timeout) if distributed.world_size_from_env() > 1 else None
@@ -264,6 +289,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             code = _train(args, plan, group)
         together = True
         return code
+    except Exception as e:
+        message = distributed.peer_lost_message(e, run_name) if group is not None else None
+        if message is None:
+            raise
+        print(f"lrctl: rank {group.rank}: {message}", file=sys.stderr)  # not a traceback: a rank died
+        return EXIT_ERROR
     finally:
         if group is not None:
             group.close(together)
@@ -355,9 +386,10 @@ def _open(args: argparse.Namespace, group):
         raise RunError(f"no run '{run_name}' in {args.runs_dir}; start it with: lrctl --run {run_name}")
     cfg, origin = _resolve_config(args, store)
     save_every = DEFAULT_SAVE_EVERY if args.save_every is None else args.save_every
-    if save_every < 0:
-        print("lrctl: --save-every must be >= 0", file=sys.stderr)
-        return None, None, origin
+    if cfg is not None:  # a new run or an explicit config: the machine must offer its device (the run's
+        from lrctl.devices import check_device  # own config is checked when it loads)
+
+        check_device(cfg.train.device)
     if cfg is None:
         from lrctl.session import _read_frozen_config
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -76,16 +77,16 @@ class TrainConfig:
     """Optimizer, loss, metric and batching."""
 
     optimizer: str = _f("sgd", "sgd | adam | adamw | rmsprop")
-    momentum: float = _f(0.0, "sgd/rmsprop momentum")
-    nesterov: bool = _f(False, "sgd: Nesterov momentum")
-    weight_decay: float = _f(0.0, "L2 penalty passed to the optimizer")
+    momentum: float = _f(0.0, "sgd/rmsprop momentum, in [0, 1)")
+    nesterov: bool = _f(False, "sgd: Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = _f(0.0, "L2 penalty passed to the optimizer, >= 0")
     loss: str = _f("auto", "auto (mse for regression, cross-entropy for classification) | mse | cross-entropy"
-                           " | l1 | huber")
+                           " | bce (two classes) | l1 | huber")
     metric: str = _f("auto", "auto (mse for regression, accuracy for classification) | mse | accuracy | mae")
     batch_size: int = _f(50, "examples per optimizer step")
     shuffle_seed: int = _f(0, "the order of epoch e's batches is a pure function of (shuffle_seed, e)")
-    threads: int = _f(0, "torch CPU threads; 0 = auto (1 for small models, where one thread is fastest)")
-    device: str = _f("cpu", "cpu | cuda | cuda:N | auto (cuda when available)")
+    threads: int = _f(0, "torch CPU threads, 0..1024; 0 = auto (1 for small models, where one thread is fastest)")
+    device: str = _f("cpu", "cpu | cuda | cuda:N | mps | auto (cuda when available)")
     checkpoint_every: int = _f(0, "also checkpoint every N epochs (0: only --save-every seconds, chunk ends, exit)")
 
 
@@ -126,7 +127,7 @@ class RunConfig:
         d, m = self.data, self.model
         if d.source.startswith("lesson-"):
             n_in: object = len(d.weights) if self.task == "regression" else d.features
-            n_out: object = d.classes if self.task == "classification" else 1
+            n_out: object = d.classes if self.task == "classification" and self.loss != "bce" else 1
             source = d.source.replace("lesson-", "lesson ")
         else:
             n_in, n_out = "in", "out"
@@ -153,9 +154,31 @@ _CHOICES = {
 }
 
 
+# The most CPU threads a run may ask for: beyond it torch overflows (and far fewer are ever useful).
+MAX_THREADS = 1024
+# x ** degree of N(0, 1) features: larger powers overflow float32 in the tails and the "divergence"
+# that follows would blame the learning rate.
+MAX_DEGREE = 20
+
+
+def _split_sizes(n: int, fraction: float) -> tuple[int, int]:
+    """Training and test rows of ``n`` examples, as ``data._random_split`` cuts them."""
+    n_train = int(n * fraction)
+    return n_train, n - n_train
+
+
 def validate(cfg: RunConfig) -> list[str]:
-    """Every contradiction in ``cfg``, each naming its key."""
+    """Every contradiction in ``cfg``, each naming its key (all of them, so one run of lrctl shows all).
+
+    Only what the config alone decides: no torch, no files, no machine (see ``lrctl.preflight``)."""
     problems = []
+    for name, section in (("data", cfg.data), ("model", cfg.model), ("train", cfg.train)):
+        for f in fields(section):  # nan and inf pass every range check below: refuse them first
+            value = getattr(section, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                problems.append(f"{name}.{f.name}: must be a finite number, got {_toml_value(value)}")
+    finite = {p.split(":")[0] for p in problems}
     for (section, key), allowed in _CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
@@ -165,37 +188,73 @@ def validate(cfg: RunConfig) -> list[str]:
     for section, key in positive:
         if getattr(getattr(cfg, section), key) <= 0:
             problems.append(f"{section}.{key}: must be > 0")
-    if not 0 < cfg.data.train_fraction < 1:
-        problems.append("data.train_fraction: must be between 0 and 1 (exclusive)")
-    if cfg.data.classes < 2:
-        problems.append("data.classes: must be >= 2")
-    if not cfg.data.weights:
-        problems.append("data.weights: needs at least one weight")
-    if any(h <= 0 for h in cfg.model.hidden):
-        problems.append("model.hidden: widths must be > 0")
-    if not 0 <= cfg.model.dropout < 1:
-        problems.append("model.dropout: must be in [0, 1)")
-    if cfg.train.checkpoint_every < 0:
-        problems.append("train.checkpoint_every: must be >= 0 (0 = time-based only)")
-    if cfg.train.threads < 0:
-        problems.append("train.threads: must be >= 0 (0 = auto)")
-    dev = cfg.train.device
+    d, m, t = cfg.data, cfg.model, cfg.train
+
+    def check(key: str, ok: bool, message: str) -> None:
+        if not ok and key not in finite:
+            problems.append(f"{key}: {message}")
+
+    check("data.train_fraction", 0 < d.train_fraction < 1, "must be between 0 and 1 (exclusive)")
+    check("data.classes", d.classes >= 2, "must be >= 2")
+    check("data.weights", bool(d.weights), "needs at least one weight")
+    check("data.degree", d.degree <= MAX_DEGREE, f"must be <= {MAX_DEGREE} (x**degree overflows float32)")
+    check("data.noise", d.noise >= 0, "must be >= 0 (it is a standard deviation)")
+    check("data.class_std", d.class_std >= 0, "must be >= 0 (it is a standard deviation)")
+    check("model.hidden", all(h > 0 for h in m.hidden), "widths must be > 0")
+    check("model.dropout", 0 <= m.dropout < 1, "must be in [0, 1)")
+    check("train.momentum", 0 <= t.momentum < 1, "must be in [0, 1) (0 = none; 0.9 is usual)")
+    if t.momentum and t.optimizer not in ("sgd", "rmsprop"):
+        problems.append(f"train.momentum: {t.optimizer} has no momentum setting (sgd and rmsprop do); "
+                        "leave it at 0")
+    if t.nesterov and not (t.optimizer == "sgd" and t.momentum > 0):
+        problems.append("train.nesterov: needs train.optimizer = \"sgd\" and train.momentum > 0")
+    check("train.weight_decay", t.weight_decay >= 0, "must be >= 0 (0 = none)")
+    check("train.checkpoint_every", t.checkpoint_every >= 0, "must be >= 0 (0 = time-based only)")
+    check("train.threads", 0 <= t.threads <= MAX_THREADS, f"must be between 0 (auto) and {MAX_THREADS}")
+    dev = t.device
     if not (dev in {"cpu", "cuda", "auto", "mps"} or (dev.startswith("cuda:") and dev[5:].isdigit())):
         problems.append(f"train.device: {dev!r} is not cpu, cuda, cuda:N, mps or auto")
-    if cfg.task == "regression" and (cfg.metric == "accuracy" or cfg.loss == "cross-entropy"):
-        problems.append("train.metric/train.loss: accuracy and cross-entropy need a classification task "
+    if cfg.task == "regression" and (cfg.metric == "accuracy" or cfg.loss in ("cross-entropy", "bce")):
+        problems.append("train.metric/train.loss: accuracy, cross-entropy and bce need a classification task "
                         "(data.task = \"classification\")")
+    if cfg.task == "classification" and cfg.loss not in ("cross-entropy", "bce"):
+        problems.append(f"train.loss: {cfg.loss} compares numbers; a classification task uses cross-entropy "
+                        "(or bce for two classes)")
     if cfg.task == "classification" and cfg.metric in ("mse", "mae") and cfg.loss == "cross-entropy":
         problems.append("train.metric: mse/mae compare numbers; a classification task with cross-entropy "
                         "uses accuracy")
-    d, m = cfg.data, cfg.model
+    if cfg.loss == "bce" and d.source == "lesson-classification" and d.classes != 2:
+        problems.append(f"train.loss: bce is for two classes; data.classes is {d.classes} (use cross-entropy)")
     if d.source == "csv" and (not d.path or not d.target):
         problems.append("data.path/data.target: a csv source needs path = \"file.csv\" and target = \"column\"")
     if d.source == "factory" and ":" not in d.factory:
         problems.append("data.factory: a factory source needs factory = \"package.module:function\"")
     if m.kind == "factory" and ":" not in m.factory:
         problems.append("model.factory: a factory model needs factory = \"package.module:function\"")
+    if d.source.startswith("lesson-") and not problems:  # the split sizes are known from the config alone
+        regression = d.source == "lesson-regression"
+        rows = d.rows if regression else d.rows_per_class * d.classes
+        n_train, n_test = _split_sizes(rows, d.train_fraction)
+        sizes = "data.rows" if regression else "data.rows_per_class"
+        if min(n_train, n_test) < 1:
+            problems.append(f"{sizes}/data.train_fraction: {rows} rows split into {n_train} training and "
+                            f"{n_test} test rows; both need at least one")
+        else:
+            problems += batch_problems(cfg, n_train)
     return problems
+
+
+def batch_problems(cfg: RunConfig, n_train: int) -> list[str]:
+    """What batch norm cannot train on: a batch of one row (its variance is undefined)."""
+    batch, m = cfg.train.batch_size, cfg.model
+    if m.kind != "mlp" or m.batch_norm == "none":
+        return []
+    last = n_train % batch
+    if min(batch, n_train) == 1 or last == 1:
+        return [f"train.batch_size: {batch} over {n_train} training rows gives a batch of one row, which "
+                f"model.batch_norm = \"{m.batch_norm}\" cannot train on; choose another batch size "
+                "(or batch_norm = \"none\")"]
+    return []
 
 
 def _coerce(section: str, key: str, value: Any, default: Any) -> tuple[Any, str | None]:

@@ -11,10 +11,16 @@ A line is a JSON object, ``{"cmd": "lr", "value": "0.01", "mode": "scale"}``, or
 Commands are applied at the next batch boundary in arrival order with the keyboard's, journaled with
 their source, and answered with JSON; a malformed line gets ``{"ok": false, "error": ...}`` and
 changes nothing. The socket is owner-only (0600) and never a network port.
+
+A connection that sends nothing for ``idle_timeout`` seconds is told so and closed, and at most
+``max_clients`` are served at once (one thread each); one more gets a one-line JSON error and is
+closed. A socket file left by a process that died is replaced when the run is opened again (only if
+nothing answers on it), and the server removes its own file on every exit Python runs (atexit too).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -29,6 +35,8 @@ from lrctl.schedules import parse as parse_schedule
 
 SOCKET_FILE = "control.sock"
 MAX_LINE = 64 * 1024
+IDLE_TIMEOUT = 5.0  # seconds a connection may send nothing before it is closed
+MAX_CLIENTS = 8  # connections served at once (a thread each); more are refused with a JSON line
 COMMANDS = ("status", "lr", "pause", "resume", "stop", "checkpoint")
 LR_MODES = ("set", "scale", "restart")
 
@@ -81,18 +89,30 @@ def parse_control(message: str | dict[str, Any]) -> dict[str, Any]:
 
 
 class ControlServer:
-    """Serves one session's control socket from a background thread."""
+    """Serves one session's control socket from a background thread.
 
-    def __init__(self, session: Any, timeout: float = 60.0) -> None:
-        self.session, self.timeout = session, timeout
+    Args:
+        session: the RunSession whose ``status``/``submit`` the commands reach.
+        timeout: how long a command waits to be applied at a batch boundary.
+        idle_timeout: how long a connection may send nothing before it is closed.
+        max_clients: connections served at once; more are refused.
+    """
+
+    def __init__(self, session: Any, timeout: float = 60.0, idle_timeout: float = IDLE_TIMEOUT,
+                 max_clients: int = MAX_CLIENTS) -> None:
+        self.session, self.timeout, self.idle_timeout = session, timeout, idle_timeout
         self.path: Path | None = None
         self._socket: socket.socket | None = None
+        self._inode: int | None = None  # which file at ``path`` is ours (never remove another's)
+        self._slots = threading.BoundedSemaphore(max_clients)
+        self.max_clients = max_clients
 
     def start(self) -> Path | None:
-        """Listen on ``<run>/control.sock``; returns the path (None if the platform or path won't allow it)."""
+        """Listen on ``<run>/control.sock``; returns the path (None if the platform or path won't allow it,
+        or another process answers on it)."""
         path = self.session.store.dir / SOCKET_FILE
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a dead process's socket; the run lock says we own the run now
+        if not remove_stale(path):
+            return None
         try:
             server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             old_umask = os.umask(0o177)  # created owner-only, never briefly world-writable
@@ -102,34 +122,55 @@ class ControlServer:
                 os.umask(old_umask)
             os.chmod(path, 0o600)
             server.listen(8)
+            self._inode = path.stat().st_ino
         except (OSError, AttributeError):
             return None
         self._socket, self.path = server, path
-        threading.Thread(target=self._accept, name="lrctl-control", daemon=True).start()
+        atexit.register(self.stop)  # an exit path that skips stop() (an error in teardown) still removes it
+        threading.Thread(target=self._accept, args=(server,), name="lrctl-control", daemon=True).start()
         return path
 
-    def _accept(self) -> None:
-        while self._socket is not None:
+    def _accept(self, server: socket.socket) -> None:
+        while self._socket is server:
             try:
-                conn, _ = self._socket.accept()
+                conn, _ = server.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            if not self._slots.acquire(blocking=False):
+                with conn, contextlib.suppress(OSError):
+                    conn.settimeout(1.0)  # never let a refused client hold up the accept loop
+                    conn.sendall(_encode({"ok": False, "error": f"too many connections (at most "
+                                                                f"{self.max_clients}); try again"}))
+                continue
+            threading.Thread(target=self._serve, args=(conn,), name="lrctl-control-client", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            buffer = b""
-            while True:
+        try:
+            with contextlib.suppress(OSError):
+                self._talk(conn)
+        finally:
+            self._slots.release()  # before the close: a client that sees the end may connect again at once
+            conn.close()
+
+    def _talk(self, conn: socket.socket) -> None:
+        """Answer each line of one connection until it closes, goes idle or sends too long a line."""
+        conn.settimeout(self.idle_timeout)  # recv and sendall: a silent or stuck client is let go
+        buffer = b""
+        while True:
+            try:
                 chunk = conn.recv(4096)
-                if not chunk:
-                    return  # the client left, possibly mid-line: nothing was applied for a partial line
-                buffer += chunk
-                if len(buffer) > MAX_LINE and b"\n" not in buffer:
-                    conn.sendall(_encode({"ok": False, "error": "line too long"}))
-                    return
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    conn.sendall(_encode(self.handle(line.decode("utf-8", "replace"))))
+            except TimeoutError:
+                conn.sendall(_encode({"ok": False, "error": f"idle for {self.idle_timeout:g} s; connection closed"}))
+                return
+            if not chunk:
+                return  # the client left, possibly mid-line: nothing was applied for a partial line
+            buffer += chunk
+            if len(buffer) > MAX_LINE and b"\n" not in buffer:
+                conn.sendall(_encode({"ok": False, "error": "line too long"}))
+                return
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                conn.sendall(_encode(self.handle(line.decode("utf-8", "replace"))))
 
     def handle(self, line: str) -> dict[str, Any]:
         try:
@@ -150,11 +191,31 @@ class ControlServer:
             return {"ok": False, "error": f"not applied within {self.timeout:.0f} s"}
 
     def stop(self) -> None:
+        """Stop listening and remove the socket file (if it is still ours). Safe to call twice."""
         server, self._socket = self._socket, None
+        atexit.unregister(self.stop)
         if server is not None:
             server.close()
             with contextlib.suppress(OSError):
-                self.path.unlink()
+                if self.path.stat().st_ino == self._inode:
+                    self.path.unlink()
+
+
+def remove_stale(path: Path) -> bool:
+    """Remove a socket file nobody listens on (its process died); False if a process answers on it."""
+    if not path.exists() and not path.is_symlink():
+        return True
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            pass  # refused (or not a socket): nobody is there
+        else:
+            return False
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return True
 
 
 def _encode(reply: dict[str, Any]) -> bytes:

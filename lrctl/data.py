@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lrctl.config import ConfigError, RunConfig
+from lrctl.config import ConfigError, RunConfig, batch_problems
 
 if TYPE_CHECKING:
     import torch
@@ -189,6 +189,9 @@ def _finish(cfg: RunConfig, x_train, y_train, x_test, y_test) -> Split:
     if cfg.task == "classification":
         y_train, y_test = y_train.reshape(-1).long(), y_test.reshape(-1).long()
         n_classes = int(max(y_train.max(), y_test.max())) + 1
+        if cfg.loss == "bce" and (n_classes > 2 or int(min(y_train.min(), y_test.min())) < 0):
+            raise ConfigError(f"train.loss: bce is for two classes (labels 0 and 1); the data has {n_classes} "
+                              "(use cross-entropy)")
         if cfg.loss == "bce":
             y_train, y_test = y_train.float().reshape(-1, 1), y_test.float().reshape(-1, 1)
         return Split(x_train, y_train, x_test, y_test, n_classes=n_classes)
@@ -199,7 +202,22 @@ def _finish(cfg: RunConfig, x_train, y_train, x_test, y_test) -> Split:
 
 
 def build_split(cfg: RunConfig) -> Split:
-    """Generate or load the configured data and split it the way ``random_split`` does."""
+    """Generate or load the configured data and split it the way ``random_split`` does.
+
+    A ConfigError names what the data and the config cannot do together (an empty split, a batch of
+    one row under batch norm): these are known only once a csv or factory source is read."""
+    split = _build_split(cfg)
+    n_test = len(split.x_test) if split.in_memory else len(split.test_set)
+    if split.n_train < 1 or n_test < 1:
+        raise ConfigError(f"data.train_fraction: the data split into {split.n_train} training and {n_test} test "
+                          "rows; both need at least one")
+    problems = batch_problems(cfg, split.n_train)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return split
+
+
+def _build_split(cfg: RunConfig) -> Split:
     import torch
 
     d = cfg.data
@@ -224,6 +242,8 @@ def build_split(cfg: RunConfig) -> Split:
     else:
         x, y = lesson_regression(d.rows, d.weights, d.degree, d.noise)
     x_train, y_train, x_test, y_test = _random_split(x, y, d.train_fraction)
+    if cfg.loss == "bce":  # one logit: labels as float (N, 1), as for a csv or factory source
+        return _finish(cfg, x_train, y_train, x_test, y_test)
     return Split(x_train, y_train, x_test, y_test, n_classes=d.classes if cfg.task == "classification" else 0)
 
 

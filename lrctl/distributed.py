@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
@@ -355,8 +356,41 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
 
 
 def _first_line(error: BaseException) -> str:
+    """What went wrong in one short line: gloo's source location and advice are left out.
+
+    >>> _first_line(RuntimeError("[/x/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:5851: "
+    ...                          "Connection reset by peer. This is typically caused by a remote worker hanging"))
+    'Read error [127.0.0.1]:5851: Connection reset by peer'
+    """
     text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    line = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", text[0])  # gloo's "[.../pair.cc:537] "
+    line = line.split(". This is typically caused by", 1)[0]
+    return line[:300]
+
+
+# What torch says when a collective's peer is gone: gloo's transport, NCCL, the TCP store.
+_PEER_LOST = ("gloo", "nccl", "connection reset by peer", "connection closed by peer", "broken pipe",
+              "socket timeout", "timed out")
+
+
+def peer_lost_message(error: BaseException, run_name: str) -> str | None:
+    """One line for an error raised because another rank died (torch raises a plain RuntimeError from
+    inside DDP's backward), or None if ``error`` is something else and should be raised as it is."""
+    if isinstance(error, RunError):
+        return None  # lrctl's own errors (DistError included) already say what happened in one line
+    try:
+        import torch.distributed as dist
+
+        dist_error = isinstance(error, dist.DistError)
+    except (ImportError, AttributeError):
+        dist_error = False
+    if not (dist_error or (isinstance(error, RuntimeError) and any(w in str(error).lower() for w in _PEER_LOST))):
+        return None
+    return (f"another process of the job stopped or stopped answering during training ({_first_line(error)}); "
+            f"the run keeps its last checkpoint: torchrun restarts the job (--max-restarts) or "
+            f"lrctl resume {run_name} finishes it")
 
 
 def _short(value: Any) -> str:

@@ -78,6 +78,9 @@ def _metric_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 
 
 def resolve_device(name: str) -> torch.device:
+    from lrctl.devices import check_device
+
+    check_device(name)  # a ConfigError naming train.device, not torch's AssertionError
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

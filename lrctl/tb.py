@@ -2,15 +2,24 @@
 
 ``--load_fast=false`` makes TensorBoard read event files with its Python loader, which honours the
 purge events lrctl writes when a run resumes after a crash or an undo (each step shows once).
+
+``lrctl tb`` serves in the foreground until SIGINT (Ctrl-C), SIGTERM or SIGHUP, then ends its
+TensorBoard (its own process group: a terminal's Ctrl-C does not reach it) and exits 0; a signal
+handler only sets a flag, so no handler ever waits on the child while the main thread does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -28,30 +37,80 @@ class TensorBoard:
         self.url = f"http://127.0.0.1:{self.port}/"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> str:
+    def start(self, timeout: float = 60.0, cancel: threading.Event | None = None) -> str:
+        """Start TensorBoard and wait until it answers; RuntimeError if it does not (or ``cancel`` is set)."""
+        cancel = cancel or threading.Event()
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tensorboard.main", "--logdir", str(self.logdir), "--host", "127.0.0.1",
              "--port", str(self.port), "--load_fast=false", "--reload_interval", "2"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not cancel.is_set():
             if self.process.poll() is not None:
                 raise RuntimeError(f"tensorboard exited: {self.process.stderr.read()[-500:]}")
             try:
                 with urllib.request.urlopen(self.url + "data/environment", timeout=1):
                     return self.url
             except OSError:
-                time.sleep(0.2)  # polling a server we just started; it answers within seconds
+                cancel.wait(0.2)  # polling a server we just started; it answers within seconds
         self.stop()
+        if cancel.is_set():
+            raise RuntimeError("stopped before TensorBoard answered")
         raise RuntimeError(f"tensorboard did not answer on {self.url} within {timeout:.0f} s")
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+    def serve(self, on_ready: Callable[[str], None]) -> int | None:
+        """Start TensorBoard, call ``on_ready(url)``, and wait until it exits or a stop signal arrives;
+        then :meth:`stop` it. A signal during the start is answered too (the child is never orphaned).
+
+        Returns the signal that ended it, or None if TensorBoard exited by itself; RuntimeError if it
+        did not start. Main thread only (signal handlers)."""
+        stopped = threading.Event()
+        received: list[int] = []
+
+        def on_signal(signum: int, frame: object) -> None:
+            received.append(signum)  # only a flag: waiting on the child here deadlocked with the main thread
+            stopped.set()
+
+        signals = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+        previous = {s: signal.signal(s, on_signal) for s in signals}
+        try:
             try:
-                self.process.wait(timeout=10)
+                url = self.start(cancel=stopped)
+            except RuntimeError:
+                if received:
+                    return received[0]
+                raise
+            on_ready(url)
+            # The short wait also notices TensorBoard exiting by itself; a signal ends it at once.
+            while not stopped.is_set() and self.process is not None and self.process.poll() is None:
+                stopped.wait(0.5)
+        finally:
+            self.stop()  # before the old handlers are back: a second signal is absorbed, not a traceback
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return received[0] if received else None
+
+    def stop(self, grace: float = 5.0) -> None:
+        """End TensorBoard and anything it started (SIGTERM, then SIGKILL after ``grace`` seconds); reap it."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            self._signal_group(process, signal.SIGTERM)
+            try:
+                process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+                self._signal_group(process, signal.SIGKILL)
+                process.wait()
+        with contextlib.suppress(OSError, ValueError):
+            process.stderr.close()
+
+    @staticmethod
+    def _signal_group(process: subprocess.Popen, signum: int) -> None:
+        """Signal TensorBoard's process group (start_new_session made its pid the group id)."""
+        try:
+            os.killpg(process.pid, signum)
+        except (ProcessLookupError, PermissionError, AttributeError):
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signum)

@@ -116,23 +116,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_tb(args: argparse.Namespace) -> int:
-    import signal
-
     from lrctl.tb import TensorBoard
 
     board = TensorBoard(args.runs_dir, args.port)
-    try:
-        url = board.start()
+    try:  # until Ctrl-C, SIGTERM or SIGHUP (exit 0); TensorBoard is stopped either way
+        ended_by = board.serve(lambda url: _say(f"TensorBoard for {args.runs_dir} at {url} · Ctrl-C stops it"))
     except RuntimeError as e:
         raise RunError(str(e)) from None
-    _say(f"TensorBoard for {args.runs_dir} at {url} · Ctrl-C stops it")
-    signal.signal(signal.SIGTERM, lambda *_: board.stop())
-    try:
-        board.process.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        board.stop()
+    if ended_by is None:
+        raise RunError("TensorBoard exited by itself")
     return 0
 
 

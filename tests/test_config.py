@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from lrctl import config
 from lrctl.config import ConfigError, RunConfig
@@ -38,7 +39,7 @@ def test_every_problem_is_listed_with_file_and_key(tmp_path):
 def test_contradictions_name_the_key():
     with pytest.raises(ConfigError, match="model.batch_norm: 'middle' is not one of none, post, pre"):
         config.with_overrides(RunConfig(), ["model.batch_norm=middle"])
-    with pytest.raises(ConfigError, match="accuracy and cross-entropy need a classification"):
+    with pytest.raises(ConfigError, match="need a classification task"):
         config.with_overrides(RunConfig(), ["train.metric=accuracy"])
     with pytest.raises(ConfigError, match="expected section.key=value"):
         config.with_overrides(RunConfig(), ["batch_size=3"])
@@ -80,3 +81,183 @@ def test_classification_config_logs_accuracy(workdir):
     scalars = read_scalars(Path(workdir) / "runs" / "cla")
     assert {"train_accuracy", "test_accuracy", "lr"} <= scalars.keys()
     assert all(0 <= v <= 1 for _, v in scalars["test_accuracy"])
+
+
+CLA = "data.source=lesson-classification"
+# (assignments, the key the message must name): every key of every section, each out of its range.
+BAD_SETTINGS = [
+    (["data.source=mnist"], "data.source: 'mnist' is not one of"),
+    (["data.task=clustering"], "data.task: 'clustering' is not one of"),
+    (["data.source=csv"], "data.path/data.target: a csv source needs"),
+    (["data.source=csv", "data.path=x.csv"], "data.path/data.target: a csv source needs"),
+    (["data.standardize=1"], "data.standardize: expected true/false"),
+    (["data.source=factory", "data.factory=nocolon"], "data.factory: a factory source needs"),
+    (["data.seed=1.5"], "data.seed: expected an integer"),
+    (["data.rows=0"], "data.rows: must be > 0"),
+    (["data.rows=-5"], "data.rows: must be > 0"),
+    (["data.rows=1"], "data.rows/data.train_fraction: 1 rows split into 0 training"),
+    (["data.weights=[]"], "data.weights: needs at least one weight"),
+    (["data.weights=[1.0, nan]"], "data.weights: must be a finite number"),
+    (["data.degree=0"], "data.degree: must be > 0"),
+    (["data.degree=21"], "data.degree: must be <= 20"),
+    (["data.noise=-1"], "data.noise: must be >= 0"),
+    (["data.noise=nan"], "data.noise: must be a finite number, got nan"),
+    ([CLA, "data.classes=1"], "data.classes: must be >= 2"),
+    ([CLA, "data.rows_per_class=0"], "data.rows_per_class: must be > 0"),
+    ([CLA, "data.features=0"], "data.features: must be > 0"),
+    ([CLA, "data.class_gap=inf"], "data.class_gap: must be a finite number, got inf"),
+    ([CLA, "data.class_std=-1"], "data.class_std: must be >= 0"),
+    (["data.train_fraction=1"], "data.train_fraction: must be between 0 and 1"),
+    (["data.train_fraction=0.0"], "data.train_fraction: must be between 0 and 1"),
+    (["data.train_fraction=nan"], "data.train_fraction: must be a finite number"),
+    (["model.kind=cnn"], "model.kind: 'cnn' is not one of"),
+    (["model.kind=factory", "model.factory=m.py"], "model.factory: a factory model needs"),
+    (["model.hidden=[4, 0]"], "model.hidden: widths must be > 0"),
+    (["model.hidden=[-1]"], "model.hidden: widths must be > 0"),
+    (["model.hidden=4"], "model.hidden: expected a list"),
+    (["model.activation=swish"], "model.activation: 'swish' is not one of"),
+    (["model.batch_norm=middle"], "model.batch_norm: 'middle' is not one of"),
+    (["model.dropout=1"], "model.dropout: must be in [0, 1)"),
+    (["model.dropout=-0.1"], "model.dropout: must be in [0, 1)"),
+    (["model.seed=x"], "model.seed: expected an integer"),
+    (["train.optimizer=lbfgs"], "train.optimizer: 'lbfgs' is not one of"),
+    (["train.momentum=-1"], "train.momentum: must be in [0, 1)"),
+    (["train.momentum=1"], "train.momentum: must be in [0, 1)"),
+    (["train.momentum=nan"], "train.momentum: must be a finite number, got nan"),
+    (["train.optimizer=adam", "train.momentum=0.9"], "train.momentum: adam has no momentum"),
+    (["train.nesterov=true"], "train.nesterov: needs train.optimizer = \"sgd\" and train.momentum > 0"),
+    (["train.weight_decay=-0.1"], "train.weight_decay: must be >= 0"),
+    (["train.weight_decay=inf"], "train.weight_decay: must be a finite number, got inf"),
+    (["train.loss=hinge"], "train.loss: 'hinge' is not one of"),
+    (["train.loss=bce"], "need a classification task"),
+    ([CLA, "train.loss=l1"], "train.loss: l1 compares numbers"),
+    ([CLA, "train.loss=bce"], "train.loss: bce is for two classes"),
+    (["train.metric=f1"], "train.metric: 'f1' is not one of"),
+    (["train.metric=accuracy"], "need a classification task"),
+    ([CLA, "train.metric=mse"], "train.metric: mse/mae compare numbers"),
+    (["train.batch_size=0"], "train.batch_size: must be > 0"),
+    (["train.batch_size=-50"], "train.batch_size: must be > 0"),
+    (["train.batch_size=1"], "train.batch_size: 1 over 700 training rows gives a batch of one row"),
+    (["train.batch_size=699"], "train.batch_size: 699 over 700 training rows gives a batch of one row"),
+    (["train.shuffle_seed=0.5"], "train.shuffle_seed: expected an integer"),
+    (["train.threads=-1"], "train.threads: must be between 0 (auto) and 1024"),
+    (["train.threads=99999999999"], "train.threads: must be between 0 (auto) and 1024"),
+    (["train.device=tpu"], "train.device: 'tpu' is not cpu, cuda, cuda:N, mps or auto"),
+    (["train.checkpoint_every=-1"], "train.checkpoint_every: must be >= 0"),
+]
+
+
+def _ids(case) -> str:
+    return " ".join(case[0]) if isinstance(case, tuple) else str(case)
+
+
+@pytest.mark.parametrize(("assignments", "message"), BAD_SETTINGS, ids=[_ids(c) for c in BAD_SETTINGS])
+def test_from_dict_refuses_each_bad_setting_naming_its_key(assignments, message):
+    raw = config.to_dict(RunConfig())
+    for assignment in assignments:
+        path, _, text = assignment.partition("=")
+        section, key = path.split(".")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        raw[section][key] = value
+    with pytest.raises(ConfigError) as info:
+        config.from_dict(raw, origin="test")
+    assert message in str(info.value)
+
+
+def test_every_problem_is_named_at_once():
+    with pytest.raises(ConfigError) as info:
+        config.with_overrides(RunConfig(), ["train.momentum=-1", "train.weight_decay=inf", "data.noise=nan",
+                                            "model.dropout=2.0", "train.threads=-3"])
+    lines = str(info.value).splitlines()
+    assert lines[0] == "--set:" and len(lines) == 6
+    for key in ("train.momentum", "train.weight_decay", "data.noise", "model.dropout", "train.threads"):
+        assert sum(line.strip().startswith(key + ":") for line in lines) == 1
+
+
+def test_good_settings_at_the_edges_are_accepted():
+    edges = ["train.momentum=0.99", "train.nesterov=true", "train.weight_decay=0.5", "train.threads=1024",
+             "data.noise=0", "model.dropout=0.0", "train.batch_size=700", "data.degree=20", "data.seed=-1",
+             "train.checkpoint_every=0", "train.device=auto"]
+    cfg = config.with_overrides(RunConfig(), edges)
+    assert cfg.train.momentum == 0.99 and cfg.train.threads == 1024
+    cla = config.with_overrides(RunConfig(), [CLA, "data.classes=2", "train.loss=bce"])
+    assert cla.describe() == "lesson classification, MLP 2-4-4-1 tanh+BN(pre), SGD, BCE"
+
+
+def _main_refuses(argv: list[str], tmp_path: Path, capsys, code: int = 1) -> str:
+    """``lrctl.cli.main`` in-process: exit ``code``, no traceback, no run directory; returns stderr."""
+    from lrctl.cli import main
+
+    runs = tmp_path / "runs"
+    before = sorted(p.name for p in runs.iterdir()) if runs.exists() else []
+    assert main([*argv, "--runs-dir", str(runs), "--plan", "1@0.1"]) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("lrctl: ")
+    assert (sorted(p.name for p in runs.iterdir()) if runs.exists() else []) == before
+    return err
+
+
+@pytest.mark.parametrize(("assignments", "message"), BAD_SETTINGS, ids=[_ids(c) for c in BAD_SETTINGS])
+def test_cli_refuses_each_bad_setting_before_the_run_exists(assignments, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--run", "x"] + [arg for a in assignments for arg in ("--set", a)]
+    assert message in _main_refuses(argv, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "mps", "cuda"])
+def test_a_device_this_machine_lacks_is_refused_before_the_run_exists(device, tmp_path, capsys, monkeypatch):
+    from lrctl.devices import device_problem
+
+    if device_problem(device) is None:
+        pytest.skip(f"this machine has {device}")
+    monkeypatch.chdir(tmp_path)
+    err = _main_refuses(["--run", "x", "--set", f"train.device={device}"], tmp_path, capsys)
+    assert err.startswith(f"lrctl: train.device: '{device}' but ") and len(err.splitlines()) == 1
+
+
+def test_a_run_whose_frozen_device_is_gone_says_so_and_is_kept(tmp_path, capsys, monkeypatch):
+    from lrctl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--run", "g", "--runs-dir", "runs", "--plan", "1@0.1"]) == 0
+    frozen = tmp_path / "runs" / "g" / "config.toml"
+    frozen.write_text(frozen.read_text().replace('device = "cpu"', 'device = "cuda:99"'))
+    capsys.readouterr()
+    assert main(["--run", "g", "--runs-dir", "runs", "--plan", "1@0.1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lrctl: train.device: 'cuda:99' but ") and "Traceback" not in err
+    assert (tmp_path / "runs" / "g" / "checkpoint.pt").exists()
+    assert main(["--run", "g", "--runs-dir", "runs", "--set", "train.device=cpu", "--plan", "1@0.1"]) == 0
+
+
+def test_csv_data_that_leaves_a_one_row_batch_is_refused_before_the_run_exists(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.csv").write_text("a,b,y\n" + "".join(f"{i},{i % 3},{2 * i}\n" for i in range(10)))
+    (tmp_path / "c.toml").write_text('[data]\nsource = "csv"\npath = "d.csv"\ntarget = "y"\n'
+                                     "[train]\nbatch_size = 6\n")
+    err = _main_refuses(["--run", "x", "--config", "c.toml"], tmp_path, capsys)
+    assert "train.batch_size: 6 over 7 training rows gives a batch of one row" in err
+
+
+def test_a_bad_setting_is_refused_before_torchrun_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("lrctl.distributed.launch", lambda *a: pytest.fail("torchrun was started"))
+    err = _main_refuses(["--run", "x", "--nproc", "2", "--set", "train.momentum=-1"], tmp_path, capsys)
+    assert "train.momentum: must be in [0, 1)" in err
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--save-every", "nan"], "--save-every: must be a finite number of seconds >= 0"),
+    (["--save-every", "-1"], "--save-every: must be a finite number of seconds >= 0"),
+    (["--keep-checkpoints", "-1"], "--keep-checkpoints: must be >= 0"),
+    (["--dist-timeout", "0"], "--dist-timeout: must be a finite number of seconds > 0"),
+    (["--dist-timeout", "inf"], "--dist-timeout: must be a finite number of seconds > 0"),
+    (["--nproc", "0"], "--nproc: must be at least 1"),
+    (["--nproc", "2", "--max-restarts", "-1"], "--max-restarts: must be at least 0"),
+])
+def test_cli_refuses_each_bad_option_naming_it(options, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert message in _main_refuses(["--run", "x", *options], tmp_path, capsys, code=2)

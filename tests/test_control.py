@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
+import threading
 
 import pytest
 
@@ -13,6 +16,7 @@ from lrctl.control import ControlError, parse_control
 from tests.conftest import (
     answer_chunk,
     assert_states_equal,
+    lrctl_env,
     read_checkpoint,
     read_scalars,
     run_lrctl,
@@ -173,3 +177,107 @@ def test_keys_pause_change_lr_and_stop_through_a_terminal(workdir):
     assert any(s == pause["step"] and t.startswith("pause (from key) at batch") for s, t in logged)
     assert any(s == resume["step"] and t.startswith("resume (from key)") for s, t in logged)
     assert any(s == change["step"] and t.startswith("lr -> 0.001 (set, from key)") for s, t in logged)
+
+
+@pytest.fixture
+def session(tmp_path):
+    """A real run opened (not loaded: status needs no torch), closed at the end."""
+    from lrctl.config import RunConfig
+    from lrctl.session import RunSession
+
+    opened = RunSession.open(tmp_path / "runs", "c", RunConfig())
+    yield opened
+    opened.store.close()
+
+
+def _reply(client: socket.socket) -> list[dict]:
+    """Every JSON line the server sends until it closes the connection."""
+    data = b""
+    while chunk := client.recv(4096):
+        data += chunk
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+def _client(path) -> socket.socket:
+    client = socket.socket(socket.AF_UNIX)
+    client.settimeout(30)  # a hung server fails the test instead of hanging it
+    client.connect(str(path))
+    return client
+
+
+def test_a_stale_socket_is_replaced_and_a_live_one_left_alone(session):
+    from lrctl.control import SOCKET_FILE, ControlServer, send
+
+    path = session.store.dir / SOCKET_FILE
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(path))  # what a killed process leaves: a socket file nobody listens on
+    dead.close()
+    with pytest.raises(ControlError, match="no lrctl is running"):
+        send(session.store.dir, "status")
+    server = ControlServer(session)
+    assert server.start() == path
+    try:
+        assert send(session.store.dir, "status")["run"] == "c"
+        assert ControlServer(session).start() is None  # someone answers: not removed, not taken over
+        assert send(session.store.dir, "status")["ok"]
+    finally:
+        server.stop()
+    assert not path.exists()
+    server.stop()  # twice is harmless
+
+
+def test_the_socket_is_removed_when_the_process_fails_before_stop(tmp_path):
+    code = ("import sys; from lrctl.config import RunConfig; from lrctl.session import RunSession; "
+            "from lrctl.control import ControlServer; "
+            f"s = RunSession.open({str(tmp_path)!r}, 'f', RunConfig()); "
+            "print(ControlServer(s).start(), flush=True); raise RuntimeError('teardown failed')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=lrctl_env(),
+                            timeout=60)
+    assert "RuntimeError: teardown failed" in result.stderr
+    assert result.stdout.strip() == str(tmp_path / "f" / "control.sock")
+    assert not (tmp_path / "f" / "control.sock").exists()
+
+
+def test_an_idle_connection_is_told_and_closed(session):
+    from lrctl.control import ControlServer
+
+    server = ControlServer(session, idle_timeout=0.2)
+    path = server.start()
+    try:
+        with _client(path) as client:
+            client.sendall(b"status\n")  # a line resets nothing: the connection may idle after answers too
+            replies = _reply(client)
+        assert replies[0]["ok"] and replies[0]["run"] == "c"
+        assert replies[1] == {"ok": False, "error": "idle for 0.2 s; connection closed"}
+    finally:
+        server.stop()
+
+
+def test_connections_are_capped_and_a_freed_slot_is_served(session):
+    from lrctl.control import MAX_CLIENTS, ControlServer, send
+
+    server = ControlServer(session, idle_timeout=60)
+    path = server.start()
+    def client_threads() -> int:
+        return sum(t.name == "lrctl-control-client" for t in threading.enumerate())
+
+    idle = [_client(path) for _ in range(MAX_CLIENTS)]
+    try:
+        for client in idle:  # each is being served (a line answered), then idles
+            client.sendall(b"status\n")
+            assert json.loads(client.recv(4096))["ok"]
+        assert client_threads() == MAX_CLIENTS
+        for _ in range(3):
+            with _client(path) as extra:
+                assert _reply(extra) == [{"ok": False, "error": f"too many connections (at most {MAX_CLIENTS}); "
+                                                                 "try again"}]
+        assert client_threads() == MAX_CLIENTS
+        leaving = idle.pop()
+        leaving.shutdown(socket.SHUT_WR)
+        assert _reply(leaving) == []  # the server saw it leave and freed its slot before closing
+        leaving.close()
+        assert send(session.store.dir, "status")["ok"]
+    finally:
+        for client in idle:
+            client.close()
+        server.stop()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from lrctl.config import RunConfig
 from lrctl.session import RunSession
-from tests.conftest import read_checkpoint, read_scalars, run_lrctl
+from tests.conftest import read_checkpoint, read_scalars, run_lrctl, start_lrctl
 
 
 def _digest(directory) -> dict[str, str]:
@@ -152,3 +155,44 @@ def test_a_real_tensorboard_serves_the_scalars_and_stops(workdir):
     finally:
         board.stop()
     assert process.poll() is not None
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Live (non-zombie) processes whose command line contains ``text`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to find TensorBoard's process")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_lrctl_tb_ends_with_its_tensorboard_on_a_signal(signum, workdir):
+    runs = workdir / f"tb-runs-{signum.name}"  # unique: TensorBoard's command line names it
+    proc = start_lrctl(["tb", "--runs-dir", str(runs)], workdir)
+    try:
+        line = proc.stdout.readline()  # printed once TensorBoard answers
+        assert "TensorBoard for" in line, line + proc.stdout.read()
+        url = line.split(" at ")[1].split()[0]
+        with urllib.request.urlopen(url + "data/environment", timeout=30):
+            pass
+        children = [pid for pid in _processes_mentioning(str(runs)) if pid != proc.pid]
+        assert children  # TensorBoard is running
+        proc.send_signal(signum)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        left = _processes_mentioning(str(runs))
+        for pid in left:  # a failed test leaves no TensorBoard behind
+            os.kill(pid, signal.SIGKILL)
+    assert left == []
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url + "data/environment", timeout=5)
