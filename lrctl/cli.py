@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -341,10 +342,9 @@ def _follow(args: argparse.Namespace, group) -> int:
     session = RunSession.replica(start["run"], config_mod.from_dict(start["config"]), group)
 
     def stop(signum: int, frame: object) -> None:  # torchrun is ending the job: stop with rank 0
-        if session._stop:
+        if session.stop.stop_after_epoch:
             session.request_abandon()
-        session.shutdown = True
-        session.request_stop()
+        session.request_shutdown(signal.Signals(signum).name)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
@@ -439,7 +439,23 @@ def _serve(args: argparse.Namespace, plan, group, session, prebuilt) -> int:
     # torchrun restarted the workers after one died: finish the interrupted work first, without asking.
     restarted = group is not None and group.restart_count > 0
     orderly = False  # the other ranks are told to quit only then: after an error they may be mid-collective
+    ended_by = None  # the Shutdown a signal raised
+    signals = contextlib.nullcontext()
+    if group is None:
+        from lrctl.stopping import Shutdown, process_signals
+
+        def end(signum: int) -> None:
+            current = holder[0]
+            current.request_shutdown(signal.Signals(signum).name)
+            if not current.busy:  # at a prompt, or loading: nothing is mid-epoch, leave now
+                raise Shutdown(signum)
+
+        def checkpoint() -> None:
+            holder[0].stop.request("checkpoint", "SIGUSR1")
+
+        signals = process_signals(end, checkpoint)
     try:
+        signals.__enter__()
         if damaged:
             loader.wait()
         view.banner(run_name, session.is_new, session.summary() if damaged else store.summary(),
@@ -460,7 +476,14 @@ def _serve(args: argparse.Namespace, plan, group, session, prebuilt) -> int:
         reason = "interrupt"
         code = EXIT_INTERRUPTED if plan is not None else EXIT_OK
         orderly = True
+    except BaseException as e:
+        from lrctl.stopping import Shutdown
+
+        if not isinstance(e, Shutdown):
+            raise
+        reason, code, ended_by = "signal", e.exit_code, e
     finally:
+        signals.__exit__(None, None, None)
         loader.start()  # even a session quit at once writes its initial checkpoint
         loader.thread.join()
         session = holder[0]
@@ -484,6 +507,11 @@ def _serve(args: argparse.Namespace, plan, group, session, prebuilt) -> int:
     step = session.global_step
     where = "" if args.runs_dir == DEFAULT_RUNS_DIR else f" --runs-dir {args.runs_dir}"
     said = "saved run" if session.saved_this_session else "run"
+    if ended_by is not None:
+        name = signal.Signals(ended_by.signum).name
+        view.warn(f"{name}: {ended_by.detail or 'ending'} · run '{run_name}' saved · lrctl resume {run_name}{where} "
+                  "finishes its work exactly")
+        return code
     view.say(f"{said} '{run_name}' at epoch {step} · resume with: lrctl --run {run_name}{where}")
     return code
 

@@ -135,11 +135,11 @@ class ChunkInterrupts:
     def __init__(self, session: RunSession, view: View) -> None:
         self.session, self.view, self.presses = session, view, 0
 
-    def press(self, from_signal: bool = False) -> None:
+    def press(self, from_signal: bool = False, signal_name: str = "SIGINT") -> None:
         session = self.session
         data_parallel = session.group is not None
         if from_signal and data_parallel:
-            session.shutdown = True
+            session.request_shutdown(signal_name)
         self.presses += 1
         if self.presses == 1:
             session.request_stop()
@@ -161,15 +161,17 @@ def chunk_interrupts(session: RunSession, view: View) -> Iterator[ChunkInterrupt
     interrupts = ChunkInterrupts(session, view)
 
     def handler(signum: int, frame: object) -> None:
-        interrupts.press(from_signal=True)
+        interrupts.press(from_signal=True, signal_name=signal.Signals(signum).name)
 
-    old_int = signal.signal(signal.SIGINT, handler)
-    old_term = signal.signal(signal.SIGTERM, handler)
+    # SIGTERM on one process is the process's end (lrctl.stopping), not a Ctrl-C; under torchrun it is
+    # how the launcher ends the job, and the ranks agree on it at the epoch's end.
+    handled = (signal.SIGINT, signal.SIGTERM) if session.group is not None else (signal.SIGINT,)
+    old = {signum: signal.signal(signum, handler) for signum in handled}
     try:
         yield interrupts
     finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
+        for signum, previous in old.items():
+            signal.signal(signum, previous)
 
 
 class _Quit(Exception):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from lrctl.runstore import (
     RunStore,
 )
 from lrctl.schedules import ScheduleSpec, parse
+from lrctl.stopping import Shutdown, StopState
 
 if TYPE_CHECKING:
     from lrctl.distributed import Group
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from lrctl.tblog import MetricLogger
 
 DEFAULT_SAVE_EVERY = 5.0
+MID_EPOCH_MIN_SECONDS = 1.0  # mid-epoch checkpoints come at most this often, whatever --save-every says
 BATCH_LOGDIR = "batch"
 
 
@@ -72,15 +75,16 @@ class RunSession:
 
     def __init__(self, store: RunStore, cfg: config_mod.RunConfig, is_new: bool,
                  save_every: float = DEFAULT_SAVE_EVERY, observer: Observer | None = None,
-                 keep: int = DEFAULT_KEEP, group: Group | None = None) -> None:
+                 keep: int = DEFAULT_KEEP, group: Group | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.cfg, self.is_new, self.save_every, self.keep = store, cfg, is_new, save_every, keep
         # Data-parallel: every rank runs a session; only rank 0's writes files, and it tells the others
         # what to do (lrctl.distributed). ``given_config`` is what this rank's command line asked for.
         self.group = group
         self.writes = group is None or group.is_main
         self.given_config: dict[str, Any] | None = None
-        self.shutdown = False  # torchrun is ending the job: stop after the epoch and quit
-        self._abandon = False
+        self.stop = StopState()  # every stop request (signals, keys, socket, closed pipe) lands here
+        self.clock = clock  # when to checkpoint (injected by tests)
         self._outbox: list[dict[str, Any]] = []
         self.chunks: list[dict[str, Any]] = []  # {start, end, expr} of every chunk trained, for plots and undo
         self.observer = observer or Observer()
@@ -89,8 +93,8 @@ class RunSession:
         self._batch_logger: MetricLogger | None = None
         self._opened_step = 0
         self.saved_step: int | None = None
-        self._last_save = time.monotonic()
-        self._stop = False
+        self._last_save = clock()
+        self._epoch_started = clock()
         self.in_critical = False
         self.abort_after_critical = False
         self.load_warnings: list[str] = []
@@ -99,8 +103,8 @@ class RunSession:
         self._scheduled: list[dict[str, Any]] = []  # recorded changes to re-apply at their global batch
         self.running = False
         self.paused = False
-        self._save_at_epoch_end = False
         self._chunk_end = 0
+        self.busy = False  # a command is running: a signal is answered at its next batch boundary
         self.plan_recorded = False  # open() recorded the --plan with the new run: finish_pending() runs it
         self.saved_this_session = False
         from lrctl.engine import EpochSnapshot
@@ -112,7 +116,8 @@ class RunSession:
     def open(cls, runs_dir: Path, name: str, cfg: config_mod.RunConfig, *, force_config: bool = False,
              save_every: float = DEFAULT_SAVE_EVERY, observer: Observer | None = None,
              config_origin: str = "", keep: int = DEFAULT_KEEP, group: Group | None = None,
-             plan: list[tuple[int, str]] | None = None) -> RunSession:
+             plan: list[tuple[int, str]] | None = None,
+             clock: Callable[[], float] = time.monotonic) -> RunSession:
         """Lock the run and settle its config. No torch. Raises RunError/RunLocked.
 
         ``plan``: for a new run, the command that creates it, recorded (pending work + journal, fsynced)
@@ -152,7 +157,7 @@ class RunSession:
         except BaseException:
             store.close()
             raise
-        session = cls(store, cfg, is_new, save_every, observer, keep, group)
+        session = cls(store, cfg, is_new, save_every, observer, keep, group, clock=clock)
         session.plan_recorded = plan_recorded
         if note:
             session.load_warnings.append(note)
@@ -333,12 +338,13 @@ class RunSession:
             pending = self.store.read_pending()
             state["pending"] = {"chunks": pending.chunks, "source": pending.source} if pending else None
             sha = self.store.save_checkpoint(state, {**self.summary(), "saved_at": _now()})
-            self.store.journal("saved", step=self.trainer.global_step, sha=sha)
+            mid = {"batch": self.trainer.batch_in_epoch} if self.trainer.batch_in_epoch else {}
+            self.store.journal("saved", step=self.trainer.global_step, sha=sha, **mid)
             if keep:
                 self.store.keep_checkpoint(self.trainer.global_step, self.keep)
             self.saved_step = self.trainer.global_step
             self.saved_this_session = True
-            self._last_save = time.monotonic()
+            self._last_save = self.clock()
         finally:
             self.in_critical = False
         if self.abort_after_critical:
@@ -347,11 +353,19 @@ class RunSession:
 
     def request_stop(self) -> None:
         """Stop the running chunk after the current epoch (everything kept)."""
-        self._stop = True
+        self.stop.request("stop")
 
     def request_abandon(self) -> None:
         """Data-parallel: abandon the epoch at the next batch boundary, on every rank together."""
-        self._abandon = True
+        self.stop.request("abandon")
+
+    @property
+    def shutdown(self) -> bool:
+        """The process is being ended (a signal): stop at the next batch boundary, save, quit."""
+        return self.stop.shutdown
+
+    def request_shutdown(self, signal_name: str = "SIGTERM") -> None:
+        self.stop.request("shutdown", signal_name)
 
     def _tell(self, command: dict[str, Any]) -> None:
         """Rank 0: have the other ranks do the same (they are waiting in :func:`lrctl.distributed.follow`)."""
@@ -360,8 +374,8 @@ class RunSession:
 
     def _should_stop(self) -> bool:
         if self.group is None:
-            return self._stop
-        return self.group.any(self._stop or self.shutdown, self.trainer.device)
+            return self.stop.stop_after_epoch
+        return self.group.any(self.stop.stop_after_epoch, self.trainer.device)
 
     def check_expression(self, spec: ScheduleSpec, epochs: int) -> None:
         """Refuse what the run cannot do now: ``keep`` with nothing to keep, a warm-up as long as the chunk."""
@@ -414,7 +428,14 @@ class RunSession:
         pending = self.store.read_pending()
         self._tell({"op": "finish", "stop_at": stop_at,
                     "pending": {"chunks": pending.chunks, "source": pending.source} if pending else None})
-        self._stop = self._abandon = False
+        self.stop.clear()
+        self.busy = True
+        try:
+            return self._finish(pending, stop_at)
+        finally:
+            self.busy = False
+
+    def _finish(self, pending: Pending | None, stop_at: int | None) -> ChunkOutcome:
         outcome = ChunkOutcome("done", self.global_step)
         while pending is not None and pending.chunks:
             chunk = pending.chunks[0]
@@ -438,7 +459,7 @@ class RunSession:
             if runner is None:
                 raise RunError("nothing to keep: the run has no schedule yet")
             return
-        if trainer.global_step > chunk["start"]:
+        if trainer.global_step > chunk["start"] or trainer.batch_in_epoch:
             if runner is None:
                 raise RunError(f"cannot resume the chunk started at epoch {chunk['start']}: no schedule state")
             return  # the chunk's own schedule, as the checkpoint (or a pause) left it, mid-chunk changes included
@@ -452,7 +473,7 @@ class RunSession:
         self._prepare_schedule(chunk)
         end = chunk["start"] + chunk["epochs"]
         self._chunk_end = end
-        here = trainer.global_step * trainer.batches_per_epoch
+        here = trainer.global_step * trainer.batches_per_epoch + trainer.batch_in_epoch
         # Changes made mid-chunk before an interruption happen again at the same batch.
         self._scheduled = sorted((c for c in chunk.get("changes", []) if c["at_batch"] > here),
                                  key=lambda c: c["at_batch"])
@@ -497,6 +518,10 @@ class RunSession:
         self.save(keep=True)
         if self.group is not None:
             self._check_replicas()
+        elif self.stop.shutdown:  # a signal came in the epoch's last batch: saved at its end, now leave
+            store.journal("interrupted", durable=True, how="shutdown", signal=self.stop.reasons[-1:] or None,
+                          step=trainer.global_step, batch=0)
+            raise Shutdown(self.stop.shutdown_signal, f"saved at epoch {trainer.global_step}")
         if trainer.global_step < end:
             outcome = ChunkOutcome("stopped", trainer.global_step, detail=f"{end - trainer.global_step} epochs left")
             store.journal("interrupted", durable=True, how="stop", step=trainer.global_step,
@@ -522,10 +547,11 @@ class RunSession:
         self.logger.flush()
         self._mark_boundary()
         every = self.cfg.train.checkpoint_every
-        if (self._save_at_epoch_end or time.monotonic() - self._last_save >= self.save_every
+        if (self.stop.checkpoint_now or self.clock() - self._last_save >= self.save_every
                 or (every and (record.step + 1) % every == 0)):
-            self._save_at_epoch_end = False
+            self.stop.checkpoint_now = False
             self.save()
+        self._epoch_started = self.clock()
         self.observer.epoch_done(record, metric)
 
     def _mark_boundary(self) -> None:
@@ -554,10 +580,32 @@ class RunSession:
         """Between two batches: re-apply recorded changes, apply queued commands, hold while paused."""
         if self.group is not None:
             self._batch_boundary_shared(batch)
-        elif self._scheduled or not self.controls.empty() or self.paused:
-            self._apply_arrivals(self.trainer.global_step * self.trainer.batches_per_epoch + batch)
+        else:
+            if self._scheduled or not self.controls.empty() or self.paused:
+                self._apply_arrivals(self.trainer.global_step * self.trainer.batches_per_epoch + batch)
+            self._mid_epoch_save(batch, batches)
         if self.observer.wants_batches:
             self.observer.batch_done(batch, batches)
+
+    def _mid_epoch_save(self, batch: int, batches: int) -> None:
+        """A signal ends the process: save here, mid-epoch, and leave. A long epoch: checkpoint on the
+        ``save_every`` cadence (at least a second apart), so a crash loses at most that much."""
+        stop = self.stop
+        if batch >= batches:  # the epoch's end comes next: it checkpoints there
+            if stop.shutdown:
+                stop.checkpoint_now = True
+            return
+        if stop.shutdown:
+            self.save()
+            step = self.trainer.global_step
+            self.store.journal("interrupted", durable=True, how="shutdown", signal=stop.reasons[-1:] or None,
+                               step=step, batch=batch)
+            raise Shutdown(stop.shutdown_signal, f"saved at epoch {step}, batch {batch} of {batches}")
+        now = self.clock()
+        cadence = max(self.save_every, MID_EPOCH_MIN_SECONDS)
+        if stop.checkpoint_now or (now - self._last_save >= cadence and now - self._epoch_started >= cadence):
+            stop.checkpoint_now = False
+            self.save()
 
     def _batch_boundary_shared(self, batch: int) -> None:
         """Data-parallel: rank 0 applies what arrived and sends the lr changes it made, so every rank
@@ -568,7 +616,7 @@ class RunSession:
         if self.writes and self._outbox:
             message = json.dumps(self._outbox).encode()
             self._outbox = []
-        size, abandon = self.group.batch_exchange(len(message) if message else 0, self._abandon)
+        size, abandon = self.group.batch_exchange(len(message) if message else 0, self.stop.abandon)
         if size:
             records = json.loads(self.group.batch_message(message).decode())
             if not self.writes:
@@ -583,7 +631,7 @@ class RunSession:
             self._apply(self._scheduled.pop(0), done, replaying=True)
         if self.writes:
             self._drain(done, block=False)
-            while self.paused and not self._stop and not self._abandon:
+            while self.paused and not self.stop.stop_after_epoch and not self.stop.abandon:
                 self._drain(done, block=True)
 
     def _drain(self, done: int, block: bool) -> None:
@@ -663,8 +711,8 @@ class RunSession:
             self.store.journal("stop_requested", step=step, source=source)
             self.observer.message(f"stopping after epoch {step} (from {source})")
         elif kind == "checkpoint":
-            self._save_at_epoch_end = True
-            self.observer.message(f"checkpoint at the end of epoch {step} (from {source})")
+            self.stop.request("checkpoint")
+            self.observer.message(f"checkpoint at the next batch (from {source})")
         else:
             raise ValueError(f"unknown command {kind!r}")
         return {"ok": True, "cmd": kind, "global_step": step, "paused": self.paused}

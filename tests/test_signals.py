@@ -1,0 +1,148 @@
+"""Long epochs and signals: mid-epoch checkpoints that resume exactly, and what SIGTERM, SIGHUP, SIGUSR1 and
+Ctrl-C twice do to a run. Real processes only where the signal is the point."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import sys
+import time
+
+import pytest
+
+from lrctl.config import RunConfig, with_overrides
+from lrctl.runstore import CHECKPOINT_FILE
+from lrctl.session import Observer, RunSession
+from tests.conftest import assert_states_equal, read_checkpoint, read_scalars, start_lrctl
+from tests.test_lifecycle import SimKill, simulate_kill
+
+NEVER = float("inf")
+PLAN = [(1, "0.03"), (2, "cyclic 0.001 0.03 period=1")]
+
+
+class FakeClock:
+    """Each reading is 0.05 s after the last: a mid-epoch checkpoint every ~20 batches at --save-every 1."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.05
+        return self.now
+
+
+class KillAtBatch(Observer):
+    wants_batches = True
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch, self.session = epoch, batch, None
+
+    def batch_done(self, batch: int, batches: int) -> None:
+        if self.session.trainer.global_step == self.epoch and batch == self.batch:
+            raise SimKill(f"epoch {self.epoch}, batch {batch}")
+
+
+def long_epochs() -> RunConfig:
+    return with_overrides(RunConfig(), ["data.rows=3000"])  # 42 batches an epoch
+
+
+def test_kill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    runs = tmp_path / "runs"
+    killer = KillAtBatch(epoch=1, batch=30)
+    session = RunSession.open(runs, "r", long_epochs(), save_every=1.0, observer=killer, clock=FakeClock())
+    killer.session = session
+    session.load()
+    with pytest.raises(SimKill):
+        session.run_plan(PLAN)
+    simulate_kill(session)
+    mid = read_checkpoint(runs / "r" / CHECKPOINT_FILE)
+    assert mid["global_step"] == 1 and 0 < mid["mid_epoch"]["batch"] < 30, mid.get("mid_epoch")
+
+    session = RunSession.open(runs, "r", long_epochs(), save_every=1.0, clock=FakeClock())
+    session.load()
+    assert session.trainer.batch_in_epoch == mid["mid_epoch"]["batch"]
+    session.finish_pending()
+    session.close()
+
+    reference = RunSession.open(runs, "ref", long_epochs(), save_every=NEVER)
+    reference.load()
+    reference.run_plan(PLAN)
+    reference.close()
+    assert_states_equal(read_checkpoint(runs / "r" / CHECKPOINT_FILE), read_checkpoint(runs / "ref" / CHECKPOINT_FILE))
+    for sub in ("", "batch"):  # epoch scalars once per epoch, batch lrs once per batch, equal
+        assert read_scalars(runs / "r" / sub) == read_scalars(runs / "ref" / sub)
+
+
+def test_ctrl_c_twice_drops_only_the_running_epoch(tmp_path):
+    """With no checkpoint for many epochs, abandoning epoch 6 goes back to its start, not to epoch 0."""
+
+    class AbandonAt(Observer):
+        wants_batches = True
+
+        def batch_done(self, batch, batches):
+            if self.session.trainer.global_step == 6 and batch == 2:
+                raise KeyboardInterrupt
+
+    observer = AbandonAt()
+    session = RunSession.open(tmp_path / "runs", "r", with_overrides(RunConfig(), ["data.rows=300"]),
+                              save_every=NEVER, observer=observer)
+    observer.session = session
+    session.load()
+    outcome = session.train(10, "0.03")
+    assert (outcome.status, outcome.step, outcome.dropped) == ("abandoned", 6, 0)
+    assert [h["step"] for h in session.trainer.history] == list(range(6))
+    session.close()
+
+
+LONG = ["--set", "data.rows=100000"]  # ~1,400 batches an epoch: a second, not milliseconds
+
+
+def _start_and_signal(cwd, sig: int):
+    proc = start_lrctl(["--run", "r", "--plan", "2@0.03", *LONG], cwd)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("training epochs"):
+            sent = time.monotonic()
+            proc.send_signal(sig)
+            break
+    rest = proc.stdout.read()
+    proc.wait(timeout=60)
+    return proc.returncode, "".join(out) + rest, time.monotonic() - sent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_on_a_long_epoch_saves_mid_epoch_and_resume_finishes_exactly(tmp_path, sig, code, monkeypatch):
+    returncode, out, seconds = _start_and_signal(tmp_path, sig)
+    assert returncode == code, out
+    assert seconds < 15, f"took {seconds:.1f} s to answer {sig.name}"
+    assert f"{sig.name}: saved at epoch 0, batch" in out, out
+    mid = read_checkpoint(tmp_path / "runs" / "r" / CHECKPOINT_FILE)
+    assert mid["global_step"] == 0 and mid["mid_epoch"]["batch"] > 0
+
+    from lrctl.cli import main
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # after finishing, the prompt reads end of input
+    assert main(["resume", "r", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert main(["--run", "ref", "--plan", "2@0.03", "--runs-dir", str(tmp_path / "runs"), *LONG]) == 0
+    assert_states_equal(read_checkpoint(tmp_path / "runs" / "r" / CHECKPOINT_FILE),
+                        read_checkpoint(tmp_path / "runs" / "ref" / CHECKPOINT_FILE))
+    assert read_scalars(tmp_path / "runs" / "r") == read_scalars(tmp_path / "runs" / "ref")
+
+
+@pytest.mark.slow
+def test_sigusr1_checkpoints_at_the_next_batch_and_training_goes_on(tmp_path):
+    proc = start_lrctl(["--run", "r", "--plan", "1@0.03", *LONG], tmp_path)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("training epochs"):
+            proc.send_signal(signal.SIGUSR1)
+            break
+    out.append(proc.stdout.read())
+    assert proc.wait(timeout=120) == 0, "".join(out)
+    journal = [json.loads(x) for x in (tmp_path / "runs" / "r" / "journal.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "saved" and e.get("batch") for e in journal), "no mid-epoch checkpoint"
+    assert read_checkpoint(tmp_path / "runs" / "r" / CHECKPOINT_FILE)["global_step"] == 1
