@@ -20,7 +20,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomllib is tomli, added to the standard library in 3.11
+    import tomli as tomllib
 
 BUILTIN_CONFIG_NAME = "built-in lesson config"
 

@@ -717,7 +717,7 @@ def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> i
 
 
 def _read_frozen_config(store: RunStore) -> tuple[config_mod.RunConfig, str]:
-    import tomllib
+    from lrctl.config import tomllib
 
     path = store.dir / "config.toml"
     try:
