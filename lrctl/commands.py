@@ -129,6 +129,8 @@ def parse(question: Question, text: str, previous: Any = None) -> Command:
     if word == "find" and question is Question.LR:
         return Find()
     if question in (Question.CONTINUE, Question.FINISH):
+        if not stripped and previous is not None:
+            return Answer(bool(previous))
         return _yes_no(text)
     if not stripped:
         if previous is not None:

@@ -195,6 +195,7 @@ class Repl:
         self.control: Any = None  # the control socket server, moved along on fork
         self.last_epochs: int | None = None
         self.last_expression: str | None = None
+        self.last_continue: bool | None = None
 
     def toolbar(self) -> str:
         s = self.session.summary()
@@ -210,7 +211,8 @@ class Repl:
         try:
             self._offer_pending(finish_pending)
             while not self.view.closed:
-                if not self._ask(Question.CONTINUE):
+                self.last_continue = self._ask(Question.CONTINUE, previous=self.last_continue)
+                if not self.last_continue:
                     return "quit"
                 epochs = self._ask(Question.EPOCHS, previous=self.last_epochs)
                 expression = self._ask_expression(epochs)
@@ -277,7 +279,8 @@ class Repl:
                 self.view.warn(str(e))
 
     def _ask(self, question: Question, previous: Any = None, text: str | None = None) -> Any:
-        placeholder = str(previous) if previous is not None else None
+        placeholder = None if previous is None else ("y" if previous else "n") if isinstance(previous, bool) \
+            else str(previous)
         while True:
             hook, self.on_first_prompt = self.on_first_prompt, None
             typed = self.asker.ask(question, text or question.value, placeholder, hook)

@@ -47,7 +47,9 @@ def test_invalid_answers_ask_again_and_help_explains(tmp_path):
 
 
 def test_empty_answer_repeats_the_previous_one(tmp_path):
-    reason, session, out = _feed(tmp_path, "y\r2\r0.02\ry\r\r\rn\r")
+    # at every question, Continue training? included (README and help say so)
+    reason, session, out = _feed(tmp_path, "y\r2\r0.02\r\r\r\rn\r")
+    assert reason == "quit"
     assert [h["lr"] for h in session.trainer.history] == pytest.approx([0.02] * 4)
 
 
