@@ -2,6 +2,8 @@
 
 ``--load_fast=false`` makes TensorBoard read event files with its Python loader, which honours the
 purge events lrctl writes when a run resumes after a crash or an undo (each step shows once).
+``--samples_per_plugin=scalars=0`` keeps every point of a scalar tag (TensorBoard keeps 1,000 by
+default, so a long run's curves would be downsampled). Flags the user passes come last and win.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+DEFAULT_FLAGS = ("--load_fast=false", "--reload_interval=2", "--samples_per_plugin=scalars=0")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -23,17 +27,22 @@ def free_port() -> int:
 class TensorBoard:
     """A TensorBoard process; ``url`` once :meth:`start` returns; :meth:`stop` ends it."""
 
-    def __init__(self, logdir: Path, port: int | None = None) -> None:
+    def __init__(self, logdir: Path, port: int | None = None, extra_args: list[str] | tuple[str, ...] = ()) -> None:
         self.logdir, self.port = Path(logdir), port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen | None = None
+
+    @property
+    def command(self) -> list[str]:
+        """The tensorboard command line: lrctl's defaults, then the user's flags (argparse: the last one wins)."""
+        return [sys.executable, "-m", "tensorboard.main", "--logdir", str(self.logdir), "--host", "127.0.0.1",
+                "--port", str(self.port), *DEFAULT_FLAGS, *self.extra_args]
 
     def start(self, timeout: float = 60.0) -> str:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tensorboard.main", "--logdir", str(self.logdir), "--host", "127.0.0.1",
-             "--port", str(self.port), "--load_fast=false", "--reload_interval", "2"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

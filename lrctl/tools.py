@@ -120,7 +120,7 @@ def cmd_tb(args: argparse.Namespace) -> int:
 
     from lrctl.tb import TensorBoard
 
-    board = TensorBoard(args.runs_dir, args.port)
+    board = TensorBoard(args.runs_dir, args.port, args.tensorboard_args)
     try:
         url = board.start()
     except RuntimeError as e:

@@ -130,3 +130,33 @@ def test_schedule_command_prints_epoch_lr_lines(workdir):
     assert result.stdout.split("\n")[:3] == ["0 0.05", "1 0.025", "2 0.0125"]
     result = run_lrctl(["schedule", "exp 0.05 gama=0.5", "--epochs", "3"], workdir)
     assert result.returncode == 2 and "unknown option 'gama' for exp (options: gamma)" in result.stderr
+
+
+def test_every_option_of_every_command_has_a_help_string():
+    import argparse
+
+    from lrctl.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {'/'.join(action.option_strings) or action.dest}"
+               for name, parser in sub.choices.items() for action in parser._actions
+               if not action.help and not isinstance(action, argparse._HelpAction)]
+    assert missing == []
+
+
+@pytest.mark.parametrize("command,expected", [
+    ("send", ["status", "lr VALUE [set|scale|restart]", "pause, resume", "checkpoint"]),
+    ("schedule", ["exp 0.05 gamma=0.95", "cos 0.03 min=0.0001", "power 0.03 s=10 c=1", "warmup=5"]),
+    ("find-lr", ["the sweep's first lr", "the sweep's last lr", "batches in the sweep"]),
+    ("tb", ["--port PORT", "Flags after -- go to", "scalars=0"]),
+    ("export", ["one row per epoch"]),
+])
+def test_help_pages_explain_commands_and_families(capsys, command, expected):
+    from lrctl.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines to the terminal's width
+    for text in expected:
+        assert " ".join(text.split()) in out, text
