@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
     tb = sub.add_parser("tb", help="start TensorBoard for the runs directory on 127.0.0.1",
                         usage="lrctl tb [-h] [--runs-dir RUNS_DIR] [--port PORT] [-- TENSORBOARD_FLAG ...]",
-                        epilog="Every epoch is shown (--samples_per_plugin=scalars=0). Flags after -- go to "
+                        epilog="Every epoch is shown (--samples_per_plugin=scalars=1000000). Flags after -- go to "
                                "tensorboard, e.g. lrctl tb --port 6007 -- --window_title lesson")
     tb.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
     tb.add_argument("--port", type=int, default=None, help="the port to serve on (default: a free one)")

@@ -194,6 +194,7 @@ class RunSession:
 
     def _load_files(self, trainer: Trainer) -> None:
         from lrctl.tblog import TensorBoardLogger
+        from lrctl.tbplugins import run_layout
 
         had_events = any(p.name.startswith("events.out.tfevents") for p in self.store.dir.iterdir())
         if self.store.has_checkpoint():
@@ -205,7 +206,8 @@ class RunSession:
         self.trainer = trainer
         self._opened_step = trainer.global_step
         # Steps after the checkpoint (a crash, a kill) are hidden now and rewritten identically.
-        self.logger = TensorBoardLogger(self.store.dir, purge_step=trainer.global_step if had_events else None)
+        self.logger = TensorBoardLogger(self.store.dir, purge_step=trainer.global_step if had_events else None,
+                                        layout=run_layout(self.metric))
         if self.saved_step is None:
             self.save(keep=True)  # the initial state: every later rollback, undo and resume has a base
 
@@ -632,6 +634,7 @@ class RunSession:
 
         Returns the new session; this one is closed."""
         from lrctl.tblog import TensorBoardLogger
+        from lrctl.tbplugins import run_layout
 
         new_store = RunStore(self.store.runs_dir, name)
         if new_store.exists:
@@ -650,7 +653,7 @@ class RunSession:
         new.given_config = self.given_config
         new.trainer, new.chunks, new.saved_step = self.trainer, self.chunks, self.saved_step
         new._opened_step = self.global_step
-        new.logger = TensorBoardLogger(new_store.dir, purge_step=self.global_step)
+        new.logger = TensorBoardLogger(new_store.dir, purge_step=self.global_step, layout=run_layout(self.metric))
         new.log_intervention(f"forked from run '{self.store.name}' at epoch {self.global_step}")
         self.trainer = None  # now the new run's; closing this one must not save it here
         self.close("forked")
@@ -684,6 +687,7 @@ def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> i
 
     Returns the new run's global epoch."""
     from lrctl.tblog import TensorBoardLogger
+    from lrctl.tbplugins import run_layout
 
     src, dst = RunStore(runs_dir, source), RunStore(runs_dir, name)
     if not src.exists:
@@ -707,7 +711,8 @@ def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> i
                     if step_kept > at:
                         (dst.dir / "kept" / f"step-{step_kept:08d}.pt").unlink()
                 step = at
-            TensorBoardLogger(dst.dir, purge_step=step).close()  # TensorBoard hides the source's later steps now
+            # TensorBoard hides the source's later steps now
+            TensorBoardLogger(dst.dir, purge_step=step, layout=run_layout(cfg.metric)).close()
             dst.journal("forked", durable=True, source=source, step=step)
         finally:
             dst.close()

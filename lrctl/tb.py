@@ -2,8 +2,10 @@
 
 ``--load_fast=false`` makes TensorBoard read event files with its Python loader, which honours the
 purge events lrctl writes when a run resumes after a crash or an undo (each step shows once).
-``--samples_per_plugin=scalars=0`` keeps every point of a scalar tag (TensorBoard keeps 1,000 by
-default, so a long run's curves would be downsampled). Flags the user passes come last and win.
+``--samples_per_plugin=scalars=1000000`` keeps every point of a scalar tag up to a million (TensorBoard
+keeps 1,000 by default, so a long run's curves would be downsampled; ``scalars=0`` is no way out: the
+server's scalars plugin then downsamples to 0 points and draws nothing). Flags the user passes come
+last and win.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-DEFAULT_FLAGS = ("--load_fast=false", "--reload_interval=2", "--samples_per_plugin=scalars=0")
+DEFAULT_FLAGS = ("--load_fast=false", "--reload_interval=2", "--samples_per_plugin=scalars=1000000")
 
 
 def free_port() -> int:

@@ -90,24 +90,38 @@ class TensorBoardLogger:
         logdir: the run directory (one TensorBoard run).
         purge_step: when reopening a run, the global step of the checkpoint being resumed: every
             event at or after it from earlier files is hidden, so nothing shows twice.
+        layout: a Summary written at step 0 in every file and again after a purge back to step 0
+            (``lrctl.tbplugins.run_layout``: the custom-scalars layout, which a purge would hide).
     """
 
-    def __init__(self, logdir: Path, purge_step: int | None = None) -> None:
+    def __init__(self, logdir: Path, purge_step: int | None = None, layout=None) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.summary.writer.record_writer import RecordWriter
 
         self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
         logdir = Path(logdir)
         logdir.mkdir(parents=True, exist_ok=True)
+        first = not any(_EVENT_FILE.match(name) for name in os.listdir(logdir))
         name = f"events.out.tfevents.{_next_file_time(logdir):010d}.{socket.gethostname()}.{os.getpid()}.lrctl"
         self.path = logdir / name
         self._file = open(self.path, "wb")
         self._writer = RecordWriter(self._file)
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        if purge_step is None and first:
+            # TensorBoard's server (plugin_event_accumulator) ignores the first START of a run as the
+            # initial one: write it, so that the first purge (an undo in the first session) hides steps.
+            purge_step = 0
         if purge_step is not None:
             start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
             self._write(event_pb2.Event(wall_time=time.time(), step=purge_step, session_log=start))
+        self._layout = layout
+        if layout is not None:
+            self.write_summary(layout, step=0)
         self.flush()
+
+    def write_summary(self, summary, step: int) -> None:
+        """A ready-made Summary proto (a plugin's data: layout, hparams) at ``step``."""
+        self._write(self._event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def _write(self, event) -> None:
         self._writer.write(event.SerializeToString())
@@ -116,6 +130,8 @@ class TensorBoardLogger:
         """Hide every event at or after ``step`` (after an undo or a rollback): they are rewritten later."""
         start = self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)
         self._write(self._event_pb2.Event(wall_time=time.time(), step=step, session_log=start))
+        if step == 0 and self._layout is not None:
+            self.write_summary(self._layout, step=0)
 
     def log(self, tag: str, value: float, step: int) -> None:
         self.log_dict({tag: value}, step)

@@ -148,7 +148,7 @@ def test_every_option_of_every_command_has_a_help_string():
     ("send", ["status", "lr VALUE [set|scale|restart]", "pause, resume", "checkpoint"]),
     ("schedule", ["exp 0.05 gamma=0.95", "cos 0.03 min=0.0001", "power 0.03 s=10 c=1", "warmup=5"]),
     ("find-lr", ["the sweep's first lr", "the sweep's last lr", "batches in the sweep"]),
-    ("tb", ["--port PORT", "Flags after -- go to", "scalars=0"]),
+    ("tb", ["--port PORT", "Flags after -- go to", "scalars=1000000"]),
     ("export", ["one row per epoch"]),
 ])
 def test_help_pages_explain_commands_and_families(capsys, command, expected):

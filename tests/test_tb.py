@@ -10,7 +10,7 @@ def test_user_flags_come_after_lrctls_and_the_port_is_used(tmp_path):
     command = board.command
     assert command[command.index("--port") + 1] == "6123" and board.url == "http://127.0.0.1:6123/"
     assert command[-3:] == ["--window_title", "lesson", "--samples_per_plugin=scalars=500"]
-    assert command.index("--samples_per_plugin=scalars=0") < command.index("--samples_per_plugin=scalars=500")
+    assert command.index("--samples_per_plugin=scalars=1000000") < command.index("--samples_per_plugin=scalars=500")
 
 
 def test_cli_passes_port_and_flags(monkeypatch, tmp_path):
@@ -48,5 +48,7 @@ def test_every_epoch_of_a_long_run_is_kept(tmp_path):
         mux.Reload()
         return len(mux.Tensors("long", "lr"))
 
+    hint = _parse_samples_per_plugin(flag.split("=", 1)[1])
     assert kept({}) == 1000
-    assert kept(_parse_samples_per_plugin(flag.split("=", 1)[1])) == 1500
+    assert kept(hint) == 1500
+    assert hint["scalars"] >= 1500  # the server's scalars plugin also downsamples its answer to this (0: nothing)

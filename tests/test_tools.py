@@ -116,7 +116,7 @@ def test_compare_two_seeds_same_start_per_seed_and_table_matches_tensorboard(wor
     assert result.returncode == 0, result.stderr
     group = workdir / "runs" / "cmp"
     runs = {"4x0.03-s24", "4x0.03-s25", "2x0.03_2x0.01-s24", "2x0.03_2x0.01-s25"}
-    assert {p.name for p in group.iterdir()} == runs
+    assert {p.name for p in group.iterdir() if p.is_dir()} == runs
     import torch
 
     def initial(run):
@@ -148,6 +148,9 @@ def test_a_real_tensorboard_serves_the_scalars_and_stops(workdir):
         with urllib.request.urlopen(url + f"data/plugin/scalars/scalars?{query}", timeout=30) as response:
             points = json.load(response)
         assert [p[1] for p in points] == [0, 1, 2, 3, 4]
+        with urllib.request.urlopen(url + "data/plugin/custom_scalars/layout", timeout=30) as response:
+            layout = json.load(response)  # train and test on one chart, the lr beneath
+        assert [c["title"] for c in layout["category"]] == ["train_mse and test_mse", "learning rate"]
         process = board.process
     finally:
         board.stop()
