@@ -28,10 +28,11 @@ class RunCurves:
 
 
 def load_curves(runs_dir: Path, name: str) -> RunCurves:
-    from lrctl.runstore import RunError, RunStore
+    from lrctl.runstore import RunError, RunStore, check_run_name
     from lrctl.session import _read_frozen_config
 
-    store = RunStore(runs_dir, name)
+    group, _, run = name.rpartition("/")  # a run of a compare group: GROUP/RUN, as lrctl runs lists it
+    store = RunStore(Path(runs_dir) / check_run_name(group) if group else runs_dir, run)
     if not store.exists:
         raise RunError(f"no run '{name}' in {runs_dir}")
     cfg, _ = _read_frozen_config(store)

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TextIO
 from lrctl import commands
 from lrctl.commands import Question
 from lrctl.session import ChunkOutcome, RunSession
-from lrctl.view import View, fmt_lr, fmt_metric
+from lrctl.view import View, fmt_metric, lr_now
 
 
 class Asker(Protocol):
@@ -203,7 +203,7 @@ class Repl:
         last = s.get("last") or {}
         return (f" {self.session.store.name} · epoch {s.get('global_step', 0)} · train_{metric} "
                 f"{fmt_metric(last.get('train'))} · test_{metric} {fmt_metric(last.get('test'))} · "
-                f"lr {fmt_lr(s.get('lr'))} · " + (f"TensorBoard {self.tb_url} · " if self.tb_url else "")
+                f"lr {lr_now(s)} · " + (f"TensorBoard {self.tb_url} · " if self.tb_url else "")
                 + "help: ? ")
 
     def run(self, finish_pending: bool = False) -> str:
@@ -295,7 +295,9 @@ class Repl:
             elif isinstance(command, commands.Help):
                 self.view.say(command.text)
             elif isinstance(command, commands.Status):
-                self.view.say(self.toolbar().strip())
+                from lrctl.status import status_lines
+
+                self.view.say("\n".join(status_lines(self.session, self.tb_url)))
             elif isinstance(command, commands.Preview):
                 self._preview(command)
             elif isinstance(command, commands.Find):

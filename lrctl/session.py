@@ -675,11 +675,13 @@ class RunSession:
 
 
 def state_summary(state: dict[str, Any], metric: str) -> dict[str, Any]:
-    """What a person wants to know of a checkpoint: epoch, last metrics, lr."""
+    """What a person wants to know of a checkpoint: epoch, last metrics, the next lr (``lr``) and the last
+    epoch's (``last_lr``: they differ after a schedule's last epoch, or an lr changed mid-epoch)."""
     history = state.get("history") or []
     last = history[-1] if history else None
     return {"global_step": int(state["global_step"]), "lr": state.get("lr") if last else None, "metric": metric,
-            "last": {"train": last["train"], "test": last["test"]} if last else None}
+            "last": {"train": last["train"], "test": last["test"]} if last else None,
+            "last_lr": last["lr"] if last else None}
 
 
 def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> int:

@@ -28,6 +28,16 @@ def fmt_lr(lr: float | None) -> str:
     return "-" if lr is None else f"{lr:.6g}"
 
 
+def lr_now(summary: dict[str, Any]) -> str:
+    """The lr of the last epoch trained and, where it differs, the next one: '0.03', '0.0003 (next 0)'."""
+    last, nxt = summary.get("last_lr"), summary.get("lr")
+    if last is None:
+        return fmt_lr(nxt)
+    if nxt is None or fmt_lr(nxt) == fmt_lr(last):
+        return fmt_lr(last)
+    return f"{fmt_lr(last)} (next {fmt_lr(nxt)})"
+
+
 def fmt_metric(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"
 
@@ -113,7 +123,7 @@ class View(Observer):
         metric = summary.get("metric", "mse")
         last = summary.get("last") or {}
         where = (f"at epoch {step} · train_{metric} {fmt_metric(last.get('train'))} "
-                 f"test_{metric} {fmt_metric(last.get('test'))} · lr {fmt_lr(summary.get('lr'))}")
+                 f"test_{metric} {fmt_metric(last.get('test'))} · lr {lr_now(summary)}")
         self.say(f"run '{name}' (resumed {where}) · {description} · TensorBoard: {logdir}")
 
     # -- Observer ----------------------------------------------------------------------------------
