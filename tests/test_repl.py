@@ -70,7 +70,7 @@ def test_history_is_kept_per_run_and_question(tmp_path):
 
 def test_preview_and_status_do_not_train(tmp_path):
     reason, session, out = _feed(tmp_path, "status\ry\r2\rpreview exp 0.1 gamma=0.5 3\r0.01\rn\r")
-    assert "r · epoch 0" in out
+    assert "run 'r' at epoch 0" in out and "lr: no epoch trained yet" in out
     assert "preview of 'exp 0.1 gamma=0.5' over 3 epochs" in out
     assert "    2  0.025" in out
     assert session.global_step == 2
