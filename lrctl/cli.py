@@ -18,8 +18,8 @@
     $ lrctl replay demo --to demo-replay      # re-execute the journal: a bit-identical run
     $ lrctl --nproc 2 --run big               # data-parallel on 2 processes (torchrun + DDP; rank 0 prompts)
 
-Exit codes: 0 done, 1 error (message on stderr), 2 bad usage, 130 a --plan interrupted by Ctrl-C
-(saved; ``lrctl resume`` finishes it).
+Exit codes: 0 done (also when the output pipe closed: ``lrctl ... | head``; saved), 1 error (message on
+stderr), 2 bad usage, 130 a --plan interrupted by Ctrl-C (saved; ``lrctl resume`` finishes it).
 """
 
 from __future__ import annotations
@@ -506,6 +506,8 @@ def _run_plan(session, plan, loader: _Loader, view, resume_only: bool = False) -
 
 
 def _plan_result(session, outcome, view) -> tuple[int, str]:
+    if view.closed:  # output into a closed pipe (lrctl ... | head): saved, the rest pending, a quiet 0
+        return EXIT_OK, "closed"
     if outcome.status in ("stopped", "abandoned"):
         view.say(f"interrupted; the rest of the plan is saved: lrctl resume {session.store.name}")
         return EXIT_INTERRUPTED, "interrupt"

@@ -72,6 +72,7 @@ class View(Observer):
         self.console = Console(file=self.file, highlight=False, soft_wrap=True,
                                force_terminal=self.interactive, no_color=not self.interactive,
                                emoji=False)
+        self.console.on_broken_pipe = self._broken_pipe  # rich's own exits the process with code 1
         self.closed = False
         self.on_closed = on_closed
         self.progress: Progress | None = None
@@ -92,6 +93,10 @@ class View(Observer):
                 self.file.flush()
         except BrokenPipeError:
             self._mark_closed()
+
+    @staticmethod
+    def _broken_pipe() -> None:
+        raise BrokenPipeError
 
     def _mark_closed(self) -> None:
         self.closed = True
