@@ -532,6 +532,8 @@ def _run_repl(holder: list, loader: _Loader, view, finish: bool, tb_url: str | N
         reason = repl.run(finish_pending=finish)
     finally:
         holder[0] = repl.session
+    if loader.thread.is_alive():  # Ctrl-C or Ctrl-D at once: the run is saved when torch has loaded
+        view.say(f"saving run '{repl.session.store.name}' once PyTorch has finished loading (a few seconds)…")
     loader.wait()
     return EXIT_OK, reason
 

@@ -161,3 +161,42 @@ def test_help_pages_explain_commands_and_families(capsys, command, expected):
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines to the terminal's width
     for text in expected:
         assert " ".join(text.split()) in out, text
+
+
+def test_ctrl_c_at_the_first_prompt_says_at_once_why_it_waits(tmp_path, monkeypatch):
+    """The toolbar vanishes at Ctrl-C; while torch still loads, a line says what lrctl waits for."""
+    import io
+    import sys
+    import threading
+
+    from lrctl import cli
+    from lrctl.config import RunConfig
+    from lrctl.session import RunSession
+    from lrctl.view import View
+
+    loaded = threading.Event()
+
+    class Screen(io.StringIO):
+        def write(self, text):
+            if "once PyTorch has finished loading" in text:
+                loaded.set()  # torch "finishes" only once the line is out: the line came first
+            return super().write(text)
+
+    class SlowLoader(cli._Loader):
+        def _run(self):
+            if not loaded.wait(timeout=60):
+                self.error = AssertionError("nothing said while waiting for torch")
+
+    class CtrlC(io.StringIO):
+        def readline(self, *args):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "stdin", CtrlC())
+    screen = Screen()
+    view = View(file=screen, interactive=False)
+    session = RunSession.open(tmp_path, "r", RunConfig(), observer=view)
+    try:
+        assert cli._run_repl([session, None], SlowLoader(session), view, False, None) == (0, "interrupt")
+    finally:
+        session.store.close()
+    assert "saving run 'r' once PyTorch has finished loading" in screen.getvalue()
