@@ -327,11 +327,12 @@ class Repl:
                 self.view.say(f"forked: run '{old}' stays at epoch {self.session.global_step}; you now train "
                               f"run '{command.name}' (TensorBoard: both, sharing history up to here)")
             elif isinstance(command, commands.Plot):
-                from lrctl.plots import RunCurves, terminal_chart
+                from lrctl.plots import RunCurves, chart_width, terminal_chart
 
                 curves = RunCurves(self.session.store.name, self.session.metric, self.session.trainer.history,
                                    self.session.chunks)
-                self.view.say(terminal_chart([curves]) if curves.history else "nothing to plot yet")
+                self.view.say(terminal_chart([curves], width=chart_width()) if curves.history
+                              else "nothing to plot yet")
         except RunError as e:
             self.view.warn(str(e))
 

@@ -44,10 +44,10 @@ def cmd_find_lr(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from lrctl.plots import load_curves, save_png, terminal_chart
+    from lrctl.plots import chart_width, load_curves, save_png, terminal_chart
 
     curves = [load_curves(args.runs_dir, name) for name in args.runs]
-    _say(terminal_chart(curves))
+    _say(terminal_chart(curves, width=chart_width()))
     if args.png is not None:
         save_png(curves, args.png)
         _say(f"wrote {args.png}")
