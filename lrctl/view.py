@@ -137,14 +137,23 @@ class View(Observer):
         self.say(f"training epochs {start}..{start + epochs - 1} · lr {spec_text}")
         if self.interactive and not self.closed:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.text import Text
 
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), console=self.console, transient=True)
+            keys_help = self.keys_help
+
+            class Bars(Progress):
+                """The two bars, then the keys as a plain line (a task of its own drew an empty bar, 0/?)."""
+
+                def get_renderables(self):
+                    yield from super().get_renderables()
+                    if keys_help:
+                        yield Text(keys_help, style="dim")
+
+            self.progress = Bars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=self.console, transient=True)
             self.progress.start()
             self._epoch_task = self.progress.add_task("epochs ", total=epochs)
             self._batch_task = self.progress.add_task("batches", total=batches_per_epoch)
-            if self.keys_help:
-                self.progress.add_task(self.keys_help, total=None, start=False)
 
     @contextlib.contextmanager
     def suspended(self):
