@@ -155,3 +155,13 @@ def test_a_real_tensorboard_serves_the_scalars_and_stops(workdir):
     finally:
         board.stop()
     assert process.poll() is not None
+
+
+def test_compare_with_one_seed_has_no_spread_column(tmp_path, capsys):
+    from lrctl.cli import main
+
+    assert main(["compare", "--plans", "2@0.03", "2@0.01", "--runs-dir", str(tmp_path), "--name", "one"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("plan "))
+    assert "spread" not in header and "--seeds 24,25,26 repeats every plan per seed" in out
+    assert len(next(line for line in out.splitlines() if line.startswith("2@0.03 ")).split()) == 4
