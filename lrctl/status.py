@@ -4,7 +4,8 @@
 
     Learning rate: status
     run 'demo' at epoch 10 · train_mse 17.5551 · test_mse 22.7488
-    lr: 0.032805 in the last epoch, 0.0295245 next · schedule exp 0.05 gamma=0.9 (chunk of epochs 5..9, 5 trained)
+    lr: 0.032805 in the last epoch, 0.0295245 next
+    schedule: exp 0.05 gamma=0.9 (the chunk from epoch 5, 5 epochs trained)
     pending: none
     checkpoint: epoch 10, saved 4 s ago (runs/demo/checkpoint.pt)
     TensorBoard: tensorboard --logdir runs (or lrctl tb)
@@ -39,14 +40,19 @@ def status_lines(session: Any, tb_url: str | None = None) -> list[str]:
     lr = "lr: " + ("no epoch trained yet" if last_lr is None else f"{fmt_lr(last_lr)} in the last epoch")
     if next_lr is not None:
         lr += f", {fmt_lr(next_lr)} next"
+    lines.append(lr)
     runner = session.trainer.runner if session.trainer is not None else None
     if runner is not None:
-        lr += f" · schedule {runner.spec.text}"
+        schedule = f"schedule: {runner.spec.text}"
         if session.chunks:
             chunk = session.chunks[-1]
-            lr += (f" (chunk from epoch {chunk['start']} as `{chunk['expr']}`, "
-                   f"{chunk['end'] - chunk['start']} epochs trained)")
-    lines.append(lr)
+            trained = chunk["end"] - chunk["start"]
+            if chunk["expr"] in (runner.spec.text, "keep"):
+                schedule += f" (the chunk from epoch {chunk['start']}, {trained} epochs trained)"
+            else:
+                schedule += (f" (changed during the chunk from epoch {chunk['start']}, which began as "
+                             f"`{chunk['expr']}`; {trained} epochs trained)")
+        lines.append(schedule)
     pending = session.pending
     lines.append("pending: " + (f"{pending.describe(session.global_step)} of interrupted work "
                                 f"(lrctl resume {store.name} finishes it)" if pending is not None else "none"))

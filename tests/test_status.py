@@ -16,8 +16,8 @@ def test_status_summarises_the_run_and_the_toolbar_shows_last_and_next_lr(tmp_pa
     reason, session, out = _feed(tmp_path, "y\r3\rcos 0.03\rstatus\rn\r")
     last_lr = session.trainer.history[-1]["lr"]
     status = out[out.index("run 'r' at epoch 3"):]
-    assert f"lr: {fmt_lr(last_lr)} in the last epoch, 0 next · schedule cos 0.03" in status
-    assert "(chunk from epoch 0 as `cos 0.03`, 3 epochs trained)" in status
+    assert f"lr: {fmt_lr(last_lr)} in the last epoch, 0 next\nschedule: cos 0.03" in status
+    assert "(the chunk from epoch 0, 3 epochs trained)" in status
     assert "pending: none" in status
     assert "checkpoint: epoch 3, saved 0 s ago" in status
     assert f"TensorBoard: tensorboard --logdir {tmp_path}" in status
