@@ -114,7 +114,7 @@ class KeyReader:
             # Wait until training holds and its 'paused' line is out: only then is the screen ours (the
             # prompt and training's lines drawn at once shared a line, and rows went missing).
             applied: queue.SimpleQueue = queue.SimpleQueue()
-            session.submit({"cmd": "pause", "source": "key", "reply": applied})
+            session.submit({"cmd": "pause", "source": "key", "reply": applied, "brief": True})  # l resumes
             while True:
                 try:
                     reply = applied.get(timeout=0.1)

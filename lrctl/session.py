@@ -554,7 +554,8 @@ class RunSession:
             self.store.journal(kind, step=step, at_batch=done, source=source)
             self.log_intervention(f"{kind} (from {source}) at batch {done}", step)
             self.observer.message(f"{'paused' if self.paused else 'continuing'} at epoch {step}, batch {done}"
-                                  + (" · p (or lrctl send RUN resume) continues" if self.paused else ""))
+                                  + (f" · p (or lrctl send {self.store.name} resume) continues"
+                                     if self.paused and not command.get("brief") else ""))
         elif kind == "stop":
             self.request_stop()
             self.store.journal("stop_requested", step=step, source=source)

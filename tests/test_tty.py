@@ -107,7 +107,8 @@ def test_l_key_prompts_on_its_own_line_and_every_epoch_row_is_printed(workdir):
     shown = _screen(raw.getvalue())
     prompt = next(i for i, line in enumerate(shown) if "New learning rate" in line)
     assert shown[prompt].startswith("New learning rate (a number or a schedule; empty cancels):")
-    assert any(line.startswith("paused at epoch") for line in shown[:prompt])  # training's line came first
+    paused = [line for line in shown[:prompt] if line.startswith("paused at epoch")]
+    assert paused and "p (or lrctl send" not in paused[-1]  # training's line came first; l itself continues
     child.sendline("0.005")
     child.expect(r"lr -> 0.005 \(set\) from key")
     child.expect(r"epoch\s+\d+\s+lr 0.005 ")
