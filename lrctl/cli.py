@@ -18,14 +18,15 @@
     $ lrctl replay demo --to demo-replay      # re-execute the journal: a bit-identical run
     $ lrctl --nproc 2 --run big               # data-parallel on 2 processes (torchrun + DDP; rank 0 prompts)
 
-Exit codes: 0 done, 1 error (message on stderr), 2 bad usage, 130 a --plan interrupted by Ctrl-C
-(saved; ``lrctl resume`` finishes it).
+Exit codes: 0 done (also when the output pipe closed: ``lrctl ... | head``; saved), 1 error (message on
+stderr), 2 bad usage, 130 a --plan interrupted by Ctrl-C (saved; ``lrctl resume`` finishes it).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import signal
 import sys
 import threading
@@ -35,7 +36,7 @@ from lrctl import __version__
 from lrctl import config as config_mod
 from lrctl._numbers import parse_int
 from lrctl.runstore import HISTORY_DIR, RunError, RunStore
-from lrctl.schedules import ScheduleError
+from lrctl.schedules import ScheduleError, help_text
 from lrctl.schedules import parse as parse_schedule
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -43,6 +44,19 @@ DEFAULT_CONFIG = Path("configs/lesson.toml")
 DEFAULT_RUNS_DIR = Path("runs")
 COMMANDS = ("train", "resume", "runs", "schedule", "find-lr", "plot", "compare", "fork", "export", "tb", "send",
             "replay")
+
+
+RUNS_DIR_HELP = "where runs live (default ./runs)"
+SEND_COMMANDS = """commands (applied at the next batch boundary of the running chunk; the reply is one JSON line):
+  status                      where the run stands: epoch, lr, last metrics, paused, pending work
+  lr VALUE [set|scale|restart]
+                              a number or a schedule for the rest of the chunk; under a running schedule a
+                              number means set (a flat lr), scale (the schedule scaled to VALUE now) or
+                              restart (the schedule again from now with base VALUE); default set
+  pause, resume               hold training at the batch boundary, continue
+  stop                        stop after the current epoch (kept and saved)
+  checkpoint                  checkpoint at the end of the current epoch
+JSON lines work too: {"cmd": "lr", "value": "0.01", "mode": "scale"}"""
 
 
 def parse_plan(text: str) -> list[tuple[int, str]]:
@@ -66,12 +80,16 @@ def parse_plan(text: str) -> list[tuple[int, str]]:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help="where runs live (default ./runs)")
+    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
     p.add_argument("--save-every", type=float, default=None, metavar="SECONDS",
                    help="checkpoint at an epoch end when this many seconds have passed (default 5; 0 = every epoch)")
     p.add_argument("--keep-checkpoints", type=int, default=10, metavar="K",
                    help="keep the checkpoints of the last K chunk boundaries, for undo and fork --at (default 10)")
     p.add_argument("--tb", action="store_true", help="start TensorBoard beside the prompt (stopped on exit)")
+    p.add_argument("--tb-port", type=int, default=None, metavar="PORT",
+                   help="with --tb: TensorBoard's port (default: a free one)")
+    p.add_argument("--tb-args", default="", metavar="FLAGS",
+                   help="with --tb: more tensorboard flags, e.g. --tb-args='--window_title demo' (write it with =)")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="train data-parallel on N processes of this machine (runs torchrun; rank 0 prompts)")
     p.add_argument("--max-restarts", type=int, default=0, metavar="K",
@@ -102,50 +120,66 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run", help="run name")
     _common(resume)
     runs = sub.add_parser("runs", help="list runs with their state")
-    runs.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
-    schedule = sub.add_parser("schedule", help="print the lr of every epoch of a schedule expression")
-    schedule.add_argument("expression", help='e.g. "exp 0.05 gamma=0.95"')
-    schedule.add_argument("--epochs", type=int, required=True)
-    schedule.add_argument("--batches-per-epoch", type=int, default=14)
+    runs.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
+    schedule = sub.add_parser("schedule", help="print the lr of every epoch of a schedule expression",
+                              epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    schedule.add_argument("expression", help='a number or a schedule, e.g. "exp 0.05 gamma=0.95" (families below)')
+    schedule.add_argument("--epochs", type=int, required=True, help="how many epochs to print (the chunk's length)")
+    schedule.add_argument("--batches-per-epoch", type=int, default=14,
+                          help="batches per epoch, for per-batch schedules (cyclic, onecycle; default 14, the "
+                               "lesson's)")
     find = sub.add_parser("find-lr", help="lr range test from a run's current state; the run is not changed")
-    find.add_argument("--run", default="default")
-    find.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
-    find.add_argument("--start", type=float, default=1e-6)
-    find.add_argument("--end", type=float, default=1.0)
-    find.add_argument("--batches", type=int, default=100)
+    find.add_argument("--run", default="default", help="the run whose current state is swept (default 'default')")
+    find.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
+    find.add_argument("--start", type=float, default=1e-6, help="the sweep's first lr (default 1e-6)")
+    find.add_argument("--end", type=float, default=1.0, help="the sweep's last lr (default 1)")
+    find.add_argument("--batches", type=int, default=100,
+                      help="batches in the sweep, the lr growing geometrically from --start to --end (default 100)")
     plot = sub.add_parser("plot", help="train/test metric and lr of runs against the global epoch")
-    plot.add_argument("runs", nargs="+")
-    plot.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    plot.add_argument("runs", nargs="+", help="run names (a compare run: GROUP/RUN)")
+    plot.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
     plot.add_argument("--png", type=Path, default=None, help="also write the figure to this PNG file")
     compare = sub.add_parser("compare", help="train several plans from the same initial state, over seeds")
-    compare.add_argument("--plans", nargs="+", default=None, help='e.g. "60@0.03" "30@0.03;30@0.01"')
-    compare.add_argument("--seeds", default=None, help="model seeds, e.g. 24,25,26")
+    compare.add_argument("--plans", nargs="+", default=None,
+                         help='plans as for --plan, e.g. "60@0.03" "30@0.03;30@0.01" (default: the lesson\'s six)')
+    compare.add_argument("--seeds", default=None,
+                         help="model seeds, e.g. 24,25,26: each plan runs once per seed and the table gives the "
+                              "spread (default: the config's seed, one run per plan)")
     compare.add_argument("--name", default="compare", help="the group's folder under the runs directory")
-    compare.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
-    compare.add_argument("--config", type=Path, default=None)
-    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    compare.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
+    compare.add_argument("--config", type=Path, default=None,
+                         help=f"TOML config of every run (default {DEFAULT_CONFIG}, else the built-in lesson)")
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config value, e.g. --set train.batch_size=25 (repeatable)")
     fork = sub.add_parser("fork", help="copy a run into a new one, from its latest or a kept checkpoint")
-    fork.add_argument("run")
-    fork.add_argument("new")
+    fork.add_argument("run", help="the run to copy")
+    fork.add_argument("new", help="the new run's name")
     fork.add_argument("--at", type=int, default=None, metavar="EPOCH", help="a kept chunk-boundary epoch")
-    fork.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    fork.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
     export = sub.add_parser("export", help="a run's per-epoch records as CSV and/or its model state_dict")
-    export.add_argument("run")
-    export.add_argument("--csv", type=Path, default=None)
-    export.add_argument("--model", type=Path, default=None)
-    export.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    export.add_argument("run", help="run name")
+    export.add_argument("--csv", type=Path, default=None, metavar="FILE",
+                        help="write one row per epoch: epoch, lr, train and test metric")
+    export.add_argument("--model", type=Path, default=None, metavar="FILE",
+                        help="write the model's state_dict (torch.save; load with torch.load(weights_only=True))")
+    export.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
     send = sub.add_parser("send", help="send a command to a running lrctl: status, lr VALUE [set|scale|restart], "
-                                       "pause, resume, stop, checkpoint")
-    send.add_argument("run")
-    send.add_argument("words", nargs="+", metavar="COMMAND")
-    send.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+                                       "pause, resume, stop, checkpoint",
+                          epilog=SEND_COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    send.add_argument("run", help="the run being trained (its control socket is runs/<run>/control.sock)")
+    send.add_argument("words", nargs="+", metavar="COMMAND", help="one of the commands below, with its arguments")
+    send.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
     replay = sub.add_parser("replay", help="re-execute a run's journal into a new run (bit-identical)")
-    replay.add_argument("run")
-    replay.add_argument("--to", required=True, metavar="NEW")
-    replay.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
-    tb = sub.add_parser("tb", help="start TensorBoard for the runs directory on 127.0.0.1")
-    tb.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
-    tb.add_argument("--port", type=int, default=None)
+    replay.add_argument("run", help="the run whose journal is replayed")
+    replay.add_argument("--to", required=True, metavar="NEW", help="the new run's name")
+    replay.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
+    tb = sub.add_parser("tb", help="start TensorBoard for the runs directory on 127.0.0.1",
+                        usage="lrctl tb [-h] [--runs-dir RUNS_DIR] [--port PORT] [-- TENSORBOARD_FLAG ...]",
+                        epilog="Every epoch is shown (--samples_per_plugin=scalars=1000000). Flags after -- go to "
+                               "tensorboard, e.g. lrctl tb --port 6007 -- --window_title lesson")
+    tb.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
+    tb.add_argument("--port", type=int, default=None, help="the port to serve on (default: a free one)")
+    tb.add_argument("tensorboard_args", nargs="*", metavar="TENSORBOARD_FLAG", help=argparse.SUPPRESS)
     return parser
 
 
@@ -417,7 +451,7 @@ def _serve(args: argparse.Namespace, plan, group, session, prebuilt) -> int:
     if args.tb:
         from lrctl.tb import TensorBoard
 
-        board = TensorBoard(args.runs_dir)
+        board = TensorBoard(args.runs_dir, args.tb_port, shlex.split(args.tb_args))
         try:
             logdir = board.start()
         except RuntimeError as e:
@@ -547,6 +581,8 @@ def _run_plan(session, plan, loader: _Loader, view, resume_only: bool = False) -
 
 
 def _plan_result(session, outcome, view) -> tuple[int, str]:
+    if view.closed:  # output into a closed pipe (lrctl ... | head): saved, the rest pending, a quiet 0
+        return EXIT_OK, "closed"
     if outcome.status in ("stopped", "abandoned"):
         view.say(f"interrupted; the rest of the plan is saved: lrctl resume {session.store.name}")
         return EXIT_INTERRUPTED, "interrupt"
@@ -571,6 +607,8 @@ def _run_repl(holder: list, loader: _Loader, view, finish: bool, tb_url: str | N
         reason = repl.run(finish_pending=finish)
     finally:
         holder[0] = repl.session
+    if loader.thread.is_alive():  # Ctrl-C or Ctrl-D at once: the run is saved when torch has loaded
+        view.say(f"saving run '{repl.session.store.name}' once PyTorch has finished loading (a few seconds)…")
     loader.wait()
     return EXIT_OK, reason
 

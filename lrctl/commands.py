@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrctl._numbers import parse_int
-from lrctl.schedules import FAMILIES, ScheduleError, help_text
+from lrctl.schedules import ALIASES, FAMILIES, ScheduleError, help_text
 from lrctl.schedules import parse as parse_schedule
 
 MAX_EPOCHS = 1_000_000
@@ -129,6 +129,8 @@ def parse(question: Question, text: str, previous: Any = None) -> Command:
     if word == "find" and question is Question.LR:
         return Find()
     if question in (Question.CONTINUE, Question.FINISH):
+        if not stripped and previous is not None:
+            return Answer(bool(previous))
         return _yes_no(text)
     if not stripped:
         if previous is not None:
@@ -180,9 +182,12 @@ def completions(text: str) -> list[str]:
     if not earlier or earlier == ["preview"]:
         words = [n for n in FAMILIES if n != "const"] + ["warmup=", "preview", "find", "help"]
         return [w for w in words if w.startswith(current)]
-    family = FAMILIES.get(earlier[-1] if earlier[0] == "preview" and len(earlier) == 2 else earlier[0].lower())
+    def family_of(word: str):
+        return FAMILIES.get(ALIASES.get(word.lower(), word.lower()))
+
+    family = family_of(earlier[-1] if earlier[0] == "preview" and len(earlier) == 2 else earlier[0])
     if family is None and len(earlier) > 1:
-        family = FAMILIES.get(earlier[1].lower())
+        family = family_of(earlier[1])
     if family is None:
         return []
     used = {t.partition("=")[0] for t in tokens[:-1] if "=" in t}

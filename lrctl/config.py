@@ -21,7 +21,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomllib is tomli, added to the standard library in 3.11
+    import tomli as tomllib
 
 BUILTIN_CONFIG_NAME = "built-in lesson config"
 
@@ -130,7 +133,7 @@ class RunConfig:
             n_out: object = d.classes if self.task == "classification" and self.loss != "bce" else 1
             source = d.source.replace("lesson-", "lesson ")
         else:
-            n_in, n_out = "in", "out"
+            n_in, n_out = _csv_sizes(self) if d.source == "csv" else ("in", "out")
             source = f"{d.source} {Path(d.path).name if d.source == 'csv' else d.factory} ({self.task})"
         if m.kind == "factory":
             model = f"model {m.factory}"
@@ -139,6 +142,31 @@ class RunConfig:
             bn = f"+BN({m.batch_norm})" if m.batch_norm != "none" else ""
             model = f"MLP {sizes} {m.activation}{bn}"
         return f"{source}, {model}, {self.train.optimizer.upper()}, {self.loss.upper()}"
+
+
+def _csv_sizes(cfg: RunConfig) -> tuple[object, object]:
+    """The model's input and output sizes for a CSV source, read from the file with the csv module (no torch);
+    ("in", "out") when it cannot be read (the data loader reports why)."""
+    import csv
+
+    targets = [t.strip() for t in cfg.data.target.split(",") if t.strip()]
+    try:
+        with open(cfg.data.path, newline="", encoding="utf-8") as f:
+            rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+        header = [h.strip() for h in rows[0]]
+        n_in = len(header) - len(targets)
+        if cfg.task != "classification":
+            return n_in, len(targets)
+        if cfg.loss == "bce":
+            return n_in, 1
+        labels = [row[header.index(targets[0])].strip() for row in rows[1:]]
+        try:  # as lrctl.data numbers them: integer labels keep their value, others are counted
+            n_out = max(int(label) for label in labels) + 1
+        except ValueError:
+            n_out = len(set(labels))
+        return n_in, n_out
+    except (OSError, IndexError, ValueError):
+        return "in", "out"
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}

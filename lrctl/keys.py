@@ -106,10 +106,24 @@ class KeyReader:
 
     def _change_lr(self) -> None:
         """Pause, ask for the lr (and what it means under a schedule), apply, continue."""
+        import queue
+
         session, view = self.session, self.view
         was_paused = session.paused
         if not was_paused:
-            session.submit({"cmd": "pause", "source": "key"})
+            # Wait until training holds and its 'paused' line is out: only then is the screen ours (the
+            # prompt and training's lines drawn at once shared a line, and rows went missing).
+            applied: queue.SimpleQueue = queue.SimpleQueue()
+            session.submit({"cmd": "pause", "source": "key", "reply": applied, "brief": True})  # l resumes
+            while True:
+                try:
+                    reply = applied.get(timeout=0.1)
+                    break
+                except queue.Empty:
+                    if self._done.is_set():  # the chunk is over; its end answers the command too
+                        return
+            if not reply.get("ok"):
+                return  # the chunk ended first: nothing to change
         with view.suspended():
             text = self._line("New learning rate (a number or a schedule; empty cancels): ")
             command: dict[str, Any] | None = None

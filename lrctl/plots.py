@@ -28,10 +28,11 @@ class RunCurves:
 
 
 def load_curves(runs_dir: Path, name: str) -> RunCurves:
-    from lrctl.runstore import RunError, RunStore
+    from lrctl.runstore import RunError, RunStore, check_run_name
     from lrctl.session import _read_frozen_config
 
-    store = RunStore(runs_dir, name)
+    group, _, run = name.rpartition("/")  # a run of a compare group: GROUP/RUN, as lrctl runs lists it
+    store = RunStore(Path(runs_dir) / check_run_name(group) if group else runs_dir, run)
     if not store.exists:
         raise RunError(f"no run '{name}' in {runs_dir}")
     cfg, _ = _read_frozen_config(store)
@@ -46,33 +47,53 @@ def plain(chart: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", chart)
 
 
+def _figure():
+    """A fresh plotext figure: the module-level one keeps subplots and series between calls (a chart
+    after an undo or a ``find`` showed old curves, legends twice and a second lr panel)."""
+    from plotext._figure import _figure_class
+
+    figure = _figure_class()
+    figure.clear_color()  # plain text: the same chart in a pipe, a log or a terminal
+    # The size asked for, not the terminal's: in a pipe plotext assumes 24 lines and squeezed the lr
+    # panel to nothing (its labels upside down).
+    figure._master._limit_size(False, False)
+    return figure
+
+
+def chart_width(default: int = 100) -> int:
+    """The terminal's width (at most 120), or ``default`` where there is none (a pipe, a log)."""
+    import shutil
+
+    return max(60, min(120, shutil.get_terminal_size((default, 30)).columns))
+
+
 def terminal_chart(runs: list[RunCurves], width: int = 100, height: int = 30) -> str:
     """Metric (top) and lr (bottom) against the global epoch; dotted verticals at chunk starts."""
-    import plotext as plt
-
-    plt.clear_figure()
-    plt.clear_color()  # plain text: the same chart in a pipe, a log or a terminal
-    plt.plotsize(width, height)
-    plt.subplots(2, 1)
-    top, bottom = plt.subplot(1, 1), plt.subplot(2, 1)
-    top.plotsize(width, int(height * 0.65))
-    bottom.plotsize(width, height - int(height * 0.65))
-    plt.subplot(1, 1)
+    figure = _figure()
+    figure.plotsize(width, height)
+    figure.subplots(2, 1)
+    top, bottom = figure.subplot(1, 1), figure.subplot(2, 1)
+    top_height = int(height * 0.65)
+    top.plotsize(width, top_height)
+    bottom.plotsize(width, height - top_height)
     for run in runs:
         if not run.history:
             continue
         label = f"{run.name} " if len(runs) > 1 else ""
-        plt.plot(run.steps, run.series("train"), label=f"{label}train_{run.metric}", marker="braille")
-        plt.plot(run.steps, run.series("test"), label=f"{label}test_{run.metric}", marker="braille")
+        top.plot(run.steps, run.series("train"), label=f"{label}train_{run.metric}", marker="braille")
+        top.plot(run.steps, run.series("test"), label=f"{label}test_{run.metric}", marker="braille")
         for chunk in run.chunks[1:]:
-            plt.vline(chunk["start"])
-    plt.title(" vs ".join(r.name for r in runs) + f" · {runs[0].metric if runs else ''} by global epoch")
-    plt.subplot(2, 1)
+            top.vline(chunk["start"])
+    top.title(" vs ".join(r.name for r in runs) + f" · {runs[0].metric if runs else ''} by global epoch")
+    lrs = [lr for run in runs for lr in run.series("lr")]
     for run in runs:
         if run.history:
-            plt.plot(run.steps, run.series("lr"), label=f"{run.name} lr" if len(runs) > 1 else "lr", marker="braille")
-    plt.xlabel("global epoch")
-    return plain(plt.build())
+            bottom.plot(run.steps, run.series("lr"), label=f"{run.name} lr" if len(runs) > 1 else "lr",
+                        marker="braille")
+    # From 0: a constant lr (one value) would otherwise give plotext an empty range and upside-down labels.
+    bottom.ylim(0, (max(lrs, default=0.0) or 1.0) * 1.1)
+    bottom.xlabel("global epoch")
+    return plain(figure.build())
 
 
 def save_png(runs: list[RunCurves], path: Path) -> None:
@@ -114,10 +135,7 @@ def lr_chart(lrs: list[float], losses: list[float], marks: dict[str, float], wid
     """Loss against lr (log scale) for the range test, suggestions marked."""
     import math
 
-    import plotext as plt
-
-    plt.clear_figure()
-    plt.clear_color()
+    plt = _figure()
     plt.plotsize(width, height)
     xs = [math.log10(lr) for lr in lrs]
     plt.plot(xs, losses, marker="braille", label="smoothed loss")

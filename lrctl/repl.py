@@ -26,7 +26,7 @@ from typing import Any, Protocol, TextIO
 from lrctl import commands
 from lrctl.commands import Question
 from lrctl.session import ChunkOutcome, RunSession
-from lrctl.view import View, fmt_lr, fmt_metric
+from lrctl.view import View, fmt_metric, lr_now
 
 
 class Asker(Protocol):
@@ -197,6 +197,7 @@ class Repl:
         self.control: Any = None  # the control socket server, moved along on fork
         self.last_epochs: int | None = None
         self.last_expression: str | None = None
+        self.last_continue: bool | None = None
 
     def toolbar(self) -> str:
         s = self.session.summary()
@@ -204,7 +205,7 @@ class Repl:
         last = s.get("last") or {}
         return (f" {self.session.store.name} · epoch {s.get('global_step', 0)} · train_{metric} "
                 f"{fmt_metric(last.get('train'))} · test_{metric} {fmt_metric(last.get('test'))} · "
-                f"lr {fmt_lr(s.get('lr'))} · " + (f"TensorBoard {self.tb_url} · " if self.tb_url else "")
+                f"lr {lr_now(s)} · " + (f"TensorBoard {self.tb_url} · " if self.tb_url else "")
                 + "help: ? ")
 
     def run(self, finish_pending: bool = False) -> str:
@@ -212,7 +213,8 @@ class Repl:
         try:
             self._offer_pending(finish_pending)
             while not self.view.closed:
-                if not self._ask(Question.CONTINUE):
+                self.last_continue = self._ask(Question.CONTINUE, previous=self.last_continue)
+                if not self.last_continue:
                     return "quit"
                 epochs = self._ask(Question.EPOCHS, previous=self.last_epochs)
                 expression = self._ask_expression(epochs)
@@ -279,7 +281,8 @@ class Repl:
                 self.view.warn(str(e))
 
     def _ask(self, question: Question, previous: Any = None, text: str | None = None) -> Any:
-        placeholder = str(previous) if previous is not None else None
+        placeholder = None if previous is None else ("y" if previous else "n") if isinstance(previous, bool) \
+            else str(previous)
         while True:
             hook, self.on_first_prompt = self.on_first_prompt, None
             typed = self.asker.ask(question, text or question.value, placeholder, hook)
@@ -294,7 +297,9 @@ class Repl:
             elif isinstance(command, commands.Help):
                 self.view.say(command.text)
             elif isinstance(command, commands.Status):
-                self.view.say(self.toolbar().strip())
+                from lrctl.status import status_lines
+
+                self.view.say("\n".join(status_lines(self.session, self.tb_url)))
             elif isinstance(command, commands.Preview):
                 self._preview(command)
             elif isinstance(command, commands.Find):
@@ -324,11 +329,12 @@ class Repl:
                 self.view.say(f"forked: run '{old}' stays at epoch {self.session.global_step}; you now train "
                               f"run '{command.name}' (TensorBoard: both, sharing history up to here)")
             elif isinstance(command, commands.Plot):
-                from lrctl.plots import RunCurves, terminal_chart
+                from lrctl.plots import RunCurves, chart_width, terminal_chart
 
                 curves = RunCurves(self.session.store.name, self.session.metric, self.session.trainer.history,
                                    self.session.chunks)
-                self.view.say(terminal_chart([curves]) if curves.history else "nothing to plot yet")
+                self.view.say(terminal_chart([curves], width=chart_width()) if curves.history
+                              else "nothing to plot yet")
         except RunError as e:
             self.view.warn(str(e))
 

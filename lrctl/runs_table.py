@@ -16,7 +16,7 @@ class RunRow:
     metric: str
     train: float | None
     test: float | None
-    lr: float | None
+    lr: str  # the last epoch's lr and, where it differs, the next (lrctl.view.lr_now)
     modified: str
     state: str
 
@@ -62,25 +62,38 @@ def _loaded_summary(store: RunStore) -> tuple[dict, str | None]:
     return state_summary(loaded.state, "mse"), ("refused: " + "; ".join(refused)) if refused else None
 
 
+def _run_dirs(runs_dir: Path) -> list[tuple[str, Path]]:
+    """(shown name, directory) of every run: the runs directory's own, and one level down the groups
+    that ``lrctl compare`` makes (``runs/<name>/<plan>``, shown as ``<name>/<plan>``)."""
+    found = []
+    for path in sorted(Path(runs_dir).iterdir()):
+        if (path / CONFIG_FILE).exists():
+            found.append((path.name, path))
+        elif path.is_dir() and not path.name.startswith("_"):  # _lr-find holds sweeps, not runs
+            found += [(f"{path.name}/{sub.name}", sub) for sub in sorted(path.iterdir())
+                      if (sub / CONFIG_FILE).exists()]
+    return found
+
+
 def list_runs(runs_dir: Path) -> list[RunRow]:
     rows = []
     if not Path(runs_dir).is_dir():
         return rows
-    for path in sorted(Path(runs_dir).iterdir()):
-        if not (path / CONFIG_FILE).exists():
-            continue
+    for shown, path in _run_dirs(Path(runs_dir)):
         try:
-            store = RunStore(runs_dir, path.name)
+            store = RunStore(path.parent, path.name)
         except RunError:
             continue
+        from lrctl.view import lr_now
+
         summary = store.summary()
         state = None
         if not summary and store.has_checkpoint():
             summary, state = _loaded_summary(store)
         last = summary.get("last") or {}
         modified = max((p.stat().st_mtime for p in path.iterdir()), default=path.stat().st_mtime)
-        rows.append(RunRow(path.name, summary.get("global_step"), summary.get("metric", "mse"), last.get("train"),
-                           last.get("test"), summary.get("lr"),
+        rows.append(RunRow(shown, summary.get("global_step"), summary.get("metric", "mse"), last.get("train"),
+                           last.get("test"), lr_now(summary),
                            dt.datetime.fromtimestamp(modified).strftime("%Y-%m-%d %H:%M"), state or _state(store)))
     return rows
 
@@ -89,14 +102,14 @@ def render(rows: list[RunRow]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from lrctl.view import fmt_lr, fmt_metric
+    from lrctl.view import fmt_metric
 
     table = Table(box=None, pad_edge=False)
     for column in ("run", "epoch", "train", "test", "lr", "modified", "state"):
         table.add_column(column, justify="right" if column in ("epoch", "train", "test", "lr") else "left")
     for r in rows:
         table.add_row(r.name, "-" if r.step is None else str(r.step), f"{fmt_metric(r.train)} {r.metric}",
-                      fmt_metric(r.test), fmt_lr(r.lr), r.modified, r.state)
+                      fmt_metric(r.test), r.lr, r.modified, r.state)
     import sys
 
     # A pipe has no width: don't let rich fold rows at 80 columns where scripts read them.

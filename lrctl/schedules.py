@@ -48,7 +48,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            example="piecewise 0.03:10 0.01:20 0.001"),
     Family("exp", ("lr",), {"gamma": 0.95}, summary="x gamma every epoch (ExponentialLR)",
            example="exp 0.05 gamma=0.95"),
-    Family("power", ("lr",), {"s": 10.0, "c": 1.0}, summary="lr / (1 + t/s)**c, t = epochs into the chunk",
+    Family("power", ("lr",), {"s": 10.0, "c": 1.0}, summary="lr / (1 + t/s)**c, t = epochs into the chunk (alias poly)",
            example="power 0.03 s=10 c=1"),
     Family("plateau", ("lr",), {"factor": 0.5, "patience": 5, "threshold": 1e-4, "cooldown": 0, "min": 0.0},
            summary="x factor when the test metric stops improving (ReduceLROnPlateau)",
@@ -67,6 +67,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("keep", (), {}, summary="continue the previous chunk's schedule where it stopped", example="keep"),
 ]}
 MODES = {"mode": ("triangular", "triangular2", "exp_range"), "anneal": ("cos", "linear")}
+# Names users type for a family (as written in other libraries); the spec keeps the family's own name.
+ALIASES = {"poly": "power"}
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def parse(text: str) -> ScheduleSpec:
         if len(rest) > 1:
             raise ScheduleError(f"unexpected {rest[1]!r} after the learning rate {head}")
         return ScheduleSpec("const", (_positive(head, "learning rate"),), warmup=warmup)
-    name = head.lower()
+    name = ALIASES.get(head.lower(), head.lower())
     if name not in FAMILIES:
         hint = difflib.get_close_matches(name, FAMILIES, n=1)
         raise ScheduleError(f"unknown schedule {head!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")

@@ -226,6 +226,7 @@ class RunSession:
 
     def _load_files(self, trainer: Trainer) -> None:
         from lrctl.tblog import TensorBoardLogger
+        from lrctl.tbplugins import run_layout
 
         had_events = any(p.name.startswith("events.out.tfevents") for p in self.store.dir.iterdir())
         heal, torn = False, []
@@ -258,7 +259,8 @@ class RunSession:
         self.trainer = trainer
         self._opened_step = trainer.global_step
         # Steps after the checkpoint (a crash, a kill) are hidden now and rewritten identically.
-        self.logger = TensorBoardLogger(self.store.dir, purge_step=trainer.global_step if had_events else None)
+        self.logger = TensorBoardLogger(self.store.dir, purge_step=trainer.global_step if had_events else None,
+                                        layout=run_layout(self.metric))
         if self.saved_step is None:
             # The initial state, every later rollback, undo and resume's base: written twice, so that the
             # run has two good checkpoint files (two inodes; kept/ files are hard links) from the start.
@@ -705,7 +707,8 @@ class RunSession:
             self.store.journal(kind, step=step, at_batch=done, source=source)
             self.log_intervention(f"{kind} (from {source}) at batch {done}", step)
             self.observer.message(f"{'paused' if self.paused else 'continuing'} at epoch {step}, batch {done}"
-                                  + (" · p (or lrctl send RUN resume) continues" if self.paused else ""))
+                                  + (f" · p (or lrctl send {self.store.name} resume) continues"
+                                     if self.paused and not command.get("brief") else ""))
         elif kind == "stop":
             self.request_stop()
             self.store.journal("stop_requested", step=step, source=source)
@@ -792,6 +795,7 @@ class RunSession:
 
         Returns the new session; this one is closed."""
         from lrctl.tblog import TensorBoardLogger
+        from lrctl.tbplugins import run_layout
 
         new_store = RunStore(self.store.runs_dir, name)
         if new_store.exists:
@@ -810,7 +814,7 @@ class RunSession:
         new.given_config = self.given_config
         new.trainer, new.chunks, new.saved_step = self.trainer, self.chunks, self.saved_step
         new._opened_step = self.global_step
-        new.logger = TensorBoardLogger(new_store.dir, purge_step=self.global_step)
+        new.logger = TensorBoardLogger(new_store.dir, purge_step=self.global_step, layout=run_layout(self.metric))
         new.log_intervention(f"forked from run '{self.store.name}' at epoch {self.global_step}")
         self.trainer = None  # now the new run's; closing this one must not save it here
         self.close("forked")
@@ -841,11 +845,13 @@ def absolute_chunks(plan: list[tuple[int, str]], start: int) -> list[dict[str, A
 
 
 def state_summary(state: dict[str, Any], metric: str) -> dict[str, Any]:
-    """What a person wants to know of a checkpoint: epoch, last metrics, lr."""
+    """What a person wants to know of a checkpoint: epoch, last metrics, the next lr (``lr``) and the last
+    epoch's (``last_lr``: they differ after a schedule's last epoch, or an lr changed mid-epoch)."""
     history = state.get("history") or []
     last = history[-1] if history else None
     return {"global_step": int(state["global_step"]), "lr": state.get("lr") if last else None, "metric": metric,
-            "last": {"train": last["train"], "test": last["test"]} if last else None}
+            "last": {"train": last["train"], "test": last["test"]} if last else None,
+            "last_lr": last["lr"] if last else None}
 
 
 def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> int:
@@ -857,6 +863,7 @@ def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> i
     import shutil
 
     from lrctl.tblog import TensorBoardLogger
+    from lrctl.tbplugins import run_layout
 
     src, dst = RunStore(runs_dir, source), RunStore(runs_dir, name)
     if not src.exists:
@@ -879,7 +886,7 @@ def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> i
                 for old in (PREVIOUS_CHECKPOINT_FILE, CHECKPOINT_META_FILE, CHECKPOINT_FILE):
                     (dst.dir / old).unlink(missing_ok=True)
                 dst.save_checkpoint(state, state_summary(state, cfg.metric))
-            TensorBoardLogger(dst.dir, purge_step=step).close()
+            TensorBoardLogger(dst.dir, purge_step=step, layout=run_layout(cfg.metric)).close()
             batch_dir = dst.dir / BATCH_LOGDIR
             if batch_dir.is_dir():
                 TensorBoardLogger(batch_dir, purge_step=step * _batches_per_epoch(state, cfg)).close()
@@ -903,7 +910,7 @@ def _batches_per_epoch(state: dict[str, Any], cfg: config_mod.RunConfig) -> int:
 
 
 def _read_frozen_config(store: RunStore) -> tuple[config_mod.RunConfig, str]:
-    import tomllib
+    from lrctl.config import tomllib
 
     path = store.dir / "config.toml"
     try:

@@ -6,6 +6,11 @@ purge events lrctl writes when a run resumes after a crash or an undo (each step
 ``lrctl tb`` serves in the foreground until SIGINT (Ctrl-C), SIGTERM or SIGHUP, then ends its
 TensorBoard (its own process group: a terminal's Ctrl-C does not reach it) and exits 0; a signal
 handler only sets a flag, so no handler ever waits on the child while the main thread does.
+
+``--samples_per_plugin=scalars=1000000`` keeps every point of a scalar tag up to a million (TensorBoard
+keeps 1,000 by default, so a long run's curves would be downsampled; ``scalars=0`` is no way out: the
+server's scalars plugin then downsamples to 0 points and draws nothing). Flags the user passes come
+last and win.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+DEFAULT_FLAGS = ("--load_fast=false", "--reload_interval=2", "--samples_per_plugin=scalars=1000000")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -32,19 +39,24 @@ def free_port() -> int:
 class TensorBoard:
     """A TensorBoard process; ``url`` once :meth:`start` returns; :meth:`stop` ends it."""
 
-    def __init__(self, logdir: Path, port: int | None = None) -> None:
+    def __init__(self, logdir: Path, port: int | None = None, extra_args: list[str] | tuple[str, ...] = ()) -> None:
         self.logdir, self.port = Path(logdir), port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen | None = None
+
+    @property
+    def command(self) -> list[str]:
+        """The tensorboard command line: lrctl's defaults, then the user's flags (argparse: the last one wins)."""
+        return [sys.executable, "-m", "tensorboard.main", "--logdir", str(self.logdir), "--host", "127.0.0.1",
+                "--port", str(self.port), *DEFAULT_FLAGS, *self.extra_args]
 
     def start(self, timeout: float = 60.0, cancel: threading.Event | None = None) -> str:
         """Start TensorBoard and wait until it answers; RuntimeError if it does not (or ``cancel`` is set)."""
         cancel = cancel or threading.Event()
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tensorboard.main", "--logdir", str(self.logdir), "--host", "127.0.0.1",
-             "--port", str(self.port), "--load_fast=false", "--reload_interval", "2"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not cancel.is_set():
             if self.process.poll() is not None:

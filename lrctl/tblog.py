@@ -92,9 +92,11 @@ class TensorBoardLogger:
         logdir: the run directory (one TensorBoard run).
         purge_step: when reopening a run, the global step of the checkpoint being resumed: every
             event at or after it from earlier files is hidden, so nothing shows twice.
+        layout: a Summary written at step 0 in every file and again after a purge back to step 0
+            (``lrctl.tbplugins.run_layout``: the custom-scalars layout, which a purge would hide).
     """
 
-    def __init__(self, logdir: Path, purge_step: int | None = None) -> None:
+    def __init__(self, logdir: Path, purge_step: int | None = None, layout=None) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.summary.writer.record_writer import RecordWriter
 
@@ -110,9 +112,16 @@ class TensorBoardLogger:
         # `lrctl tb` serve) ignores the first START it sees in a run and purges on every later one;
         # EventAccumulator purges on each. So a later purge (undo, rollback, reopen) is honoured by both,
         # even in a run whose older files have no START.
+        self._layout = layout
         for _ in range(2):
-            self.purge(purge_step or 0)
+            self.purge(purge_step or 0)  # at step 0 this also writes the layout
+        if layout is not None and purge_step:
+            self.write_summary(layout, step=0)
         self.flush()
+
+    def write_summary(self, summary, step: int) -> None:
+        """A ready-made Summary proto (a plugin's data: layout, hparams) at ``step``."""
+        self._write(self._event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def _write(self, event) -> None:
         self._writer.write(event.SerializeToString())
@@ -121,6 +130,8 @@ class TensorBoardLogger:
         """Hide every event at or after ``step`` (after an undo or a rollback): they are rewritten later."""
         start = self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)
         self._write(self._event_pb2.Event(wall_time=time.time(), step=step, session_log=start))
+        if step == 0 and self._layout is not None:
+            self.write_summary(self._layout, step=0)
 
     def log(self, tag: str, value: float, step: int) -> None:
         self.log_dict({tag: value}, step)

@@ -44,10 +44,10 @@ def cmd_find_lr(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from lrctl.plots import load_curves, save_png, terminal_chart
+    from lrctl.plots import chart_width, load_curves, save_png, terminal_chart
 
     curves = [load_curves(args.runs_dir, name) for name in args.runs]
-    _say(terminal_chart(curves))
+    _say(terminal_chart(curves, width=chart_width()))
     if args.png is not None:
         save_png(curves, args.png)
         _say(f"wrote {args.png}")
@@ -73,14 +73,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _say(f"comparing {len(texts)} plans" + (f" over seeds {', '.join(map(str, seeds))}" if seeds else "")
          + f" · runs in {args.runs_dir / args.name} · tensorboard --logdir {args.runs_dir / args.name}")
     results = run_all(args.runs_dir, args.name, plans, texts, seeds, cfg, _say)
+    _log_hparams(args.runs_dir / args.name, results, cfg.metric, seeds is not None)
     rows = summarize(results, texts, higher_is_better=cfg.metric == "accuracy")
     m = cfg.metric
-    _say(f"\n{'plan':<32} {'final train_' + m:>16} {'final test_' + m:>16} {'best test_' + m:>16} {'spread':>9}")
+    spread = seeds is not None and len(seeds) > 1  # one seed has no spread: no column of zeros
+    _say(f"\n{'plan':<32} {'final train_' + m:>16} {'final test_' + m:>16} {'best test_' + m:>16}"
+         + (f" {'spread':>9}" if spread else ""))
     for r in rows:
-        _say(f"{r.plan:<32} {r.final_train:>16.5g} {r.final_test:>16.5g} {r.best_test:>16.5g} {r.spread_test:>9.3g}")
-    _say("(spread: standard deviation of the final test metric over seeds)\n")
+        _say(f"{r.plan:<32} {r.final_train:>16.5g} {r.final_test:>16.5g} {r.best_test:>16.5g}"
+             + (f" {r.spread_test:>9.3g}" if spread else ""))
+    _say("(spread: standard deviation of the final test metric over seeds)\n" if spread else
+         f"(one seed, {cfg.model.seed}: --seeds 24,25,26 repeats every plan per seed and adds their spread)\n")
     _say(chart(results, texts, m))
     return 0
+
+
+def _log_hparams(group_dir, results, metric: str, seeds: bool) -> None:
+    """TensorBoard's HParams tab: plan and seed of every run against its final and best test metric."""
+    from lrctl.tbplugins import write_experiment, write_trial
+
+    write_experiment(group_dir, metric, seeds)
+    best = max if metric == "accuracy" else min
+    for r in results:
+        if r.test:
+            write_trial(group_dir / r.run, r.plan, r.seed, metric, best(r.test), len(r.test) - 1)
 
 
 def cmd_fork(args: argparse.Namespace) -> int:
@@ -118,7 +134,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_tb(args: argparse.Namespace) -> int:
     from lrctl.tb import TensorBoard
 
-    board = TensorBoard(args.runs_dir, args.port)
+    board = TensorBoard(args.runs_dir, args.port, args.tensorboard_args)
     try:  # until Ctrl-C, SIGTERM or SIGHUP (exit 0); TensorBoard is stopped either way
         ended_by = board.serve(lambda url: _say(f"TensorBoard for {args.runs_dir} at {url} · Ctrl-C stops it"))
     except RuntimeError as e:

@@ -28,6 +28,16 @@ def fmt_lr(lr: float | None) -> str:
     return "-" if lr is None else f"{lr:.6g}"
 
 
+def lr_now(summary: dict[str, Any]) -> str:
+    """The lr of the last epoch trained and, where it differs, the next one: '0.03', '0.0003 (next 0)'."""
+    last, nxt = summary.get("last_lr"), summary.get("lr")
+    if last is None:
+        return fmt_lr(nxt)
+    if nxt is None or fmt_lr(nxt) == fmt_lr(last):
+        return fmt_lr(last)
+    return f"{fmt_lr(last)} (next {fmt_lr(nxt)})"
+
+
 def fmt_metric(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"
 
@@ -62,6 +72,7 @@ class View(Observer):
         self.console = Console(file=self.file, highlight=False, soft_wrap=True,
                                force_terminal=self.interactive, no_color=not self.interactive,
                                emoji=False)
+        self.console.on_broken_pipe = self._broken_pipe  # rich's own exits the process with code 1
         self.closed = False
         self.on_closed = on_closed
         self.progress: Progress | None = None
@@ -82,6 +93,10 @@ class View(Observer):
                 self.file.flush()
         except BrokenPipeError:
             self._mark_closed()
+
+    @staticmethod
+    def _broken_pipe() -> None:
+        raise BrokenPipeError
 
     def _mark_closed(self) -> None:
         self.closed = True
@@ -113,7 +128,7 @@ class View(Observer):
         metric = summary.get("metric", "mse")
         last = summary.get("last") or {}
         where = (f"at epoch {step} · train_{metric} {fmt_metric(last.get('train'))} "
-                 f"test_{metric} {fmt_metric(last.get('test'))} · lr {fmt_lr(summary.get('lr'))}")
+                 f"test_{metric} {fmt_metric(last.get('test'))} · lr {lr_now(summary)}")
         self.say(f"run '{name}' (resumed {where}) · {description} · TensorBoard: {logdir}")
 
     # -- Observer ----------------------------------------------------------------------------------
@@ -122,14 +137,23 @@ class View(Observer):
         self.say(f"training epochs {start}..{start + epochs - 1} · lr {spec_text}")
         if self.interactive and not self.closed:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.text import Text
 
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), console=self.console, transient=True)
+            keys_help = self.keys_help
+
+            class Bars(Progress):
+                """The two bars, then the keys as a plain line (a task of its own drew an empty bar, 0/?)."""
+
+                def get_renderables(self):
+                    yield from super().get_renderables()
+                    if keys_help:
+                        yield Text(keys_help, style="dim")
+
+            self.progress = Bars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=self.console, transient=True)
             self.progress.start()
             self._epoch_task = self.progress.add_task("epochs ", total=epochs)
             self._batch_task = self.progress.add_task("batches", total=batches_per_epoch)
-            if self.keys_help:
-                self.progress.add_task(self.keys_help, total=None, start=False)
 
     @contextlib.contextmanager
     def suspended(self):

@@ -119,6 +119,7 @@ def test_closed_output_pipe_ends_quietly_with_the_run_saved(workdir):
     result = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], cwd=workdir, env=lrctl_env(),
                             capture_output=True, text=True, timeout=180)
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode == 0  # pipefail: lrctl's own exit code, 0 like other tools' on a closed pipe
     assert len(result.stdout.splitlines()) == 3
     state = read_checkpoint(workdir / "runs" / "pipe" / "checkpoint.pt")
     assert 0 < state["global_step"] < 200
@@ -130,3 +131,72 @@ def test_schedule_command_prints_epoch_lr_lines(workdir):
     assert result.stdout.split("\n")[:3] == ["0 0.05", "1 0.025", "2 0.0125"]
     result = run_lrctl(["schedule", "exp 0.05 gama=0.5", "--epochs", "3"], workdir)
     assert result.returncode == 2 and "unknown option 'gama' for exp (options: gamma)" in result.stderr
+
+
+def test_every_option_of_every_command_has_a_help_string():
+    import argparse
+
+    from lrctl.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {'/'.join(action.option_strings) or action.dest}"
+               for name, parser in sub.choices.items() for action in parser._actions
+               if not action.help and not isinstance(action, argparse._HelpAction)]
+    assert missing == []
+
+
+@pytest.mark.parametrize("command,expected", [
+    ("send", ["status", "lr VALUE [set|scale|restart]", "pause, resume", "checkpoint"]),
+    ("schedule", ["exp 0.05 gamma=0.95", "cos 0.03 min=0.0001", "power 0.03 s=10 c=1", "warmup=5"]),
+    ("find-lr", ["the sweep's first lr", "the sweep's last lr", "batches in the sweep"]),
+    ("tb", ["--port PORT", "Flags after -- go to", "scalars=1000000"]),
+    ("export", ["one row per epoch"]),
+])
+def test_help_pages_explain_commands_and_families(capsys, command, expected):
+    from lrctl.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines to the terminal's width
+    for text in expected:
+        assert " ".join(text.split()) in out, text
+
+
+def test_ctrl_c_at_the_first_prompt_says_at_once_why_it_waits(tmp_path, monkeypatch):
+    """The toolbar vanishes at Ctrl-C; while torch still loads, a line says what lrctl waits for."""
+    import io
+    import sys
+    import threading
+
+    from lrctl import cli
+    from lrctl.config import RunConfig
+    from lrctl.session import RunSession
+    from lrctl.view import View
+
+    loaded = threading.Event()
+
+    class Screen(io.StringIO):
+        def write(self, text):
+            if "once PyTorch has finished loading" in text:
+                loaded.set()  # torch "finishes" only once the line is out: the line came first
+            return super().write(text)
+
+    class SlowLoader(cli._Loader):
+        def _run(self):
+            if not loaded.wait(timeout=60):
+                self.error = AssertionError("nothing said while waiting for torch")
+
+    class CtrlC(io.StringIO):
+        def readline(self, *args):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "stdin", CtrlC())
+    screen = Screen()
+    view = View(file=screen, interactive=False)
+    session = RunSession.open(tmp_path, "r", RunConfig(), observer=view)
+    try:
+        assert cli._run_repl([session, None], SlowLoader(session), view, False, None) == (0, "interrupt")
+    finally:
+        session.store.close()
+    assert "saving run 'r' once PyTorch has finished loading" in screen.getvalue()

@@ -17,6 +17,12 @@ def test_yes_no_refuses_anything_else(text):
     assert isinstance(parse(Question.CONTINUE, text), Invalid)
 
 
+def test_empty_yes_no_repeats_the_previous_answer():
+    assert parse(Question.CONTINUE, "", previous=True) == Answer(True)
+    assert parse(Question.CONTINUE, " ", previous=False) == Answer(False)
+    assert isinstance(parse(Question.CONTINUE, "yep", previous=True), Invalid)
+
+
 @pytest.mark.parametrize("text,message", [
     ("0", "at least 1"), ("-5", "at least 1"), ("abc", "whole number"), ("1.5", "whole number"),
     ("1e3", "whole number"), ("١٢", "whole number"), ("10000000", "at most"),

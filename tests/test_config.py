@@ -19,9 +19,24 @@ def test_shipped_lesson_config_is_the_default():
 
 def test_toml_round_trip():
     cfg = config.with_overrides(RunConfig(), ["model.hidden=[8, 8, 8]", "train.optimizer=adam", "data.noise=0.5"])
-    import tomllib
+    assert config.from_dict(config.tomllib.loads(config.to_toml(cfg))) == cfg
 
-    assert config.from_dict(tomllib.loads(config.to_toml(cfg))) == cfg
+
+def test_python_3_10_reads_configs_with_tomli(tmp_path):
+    """requires-python >= 3.10: without the standard library's tomllib (3.11+), tomli reads the same files."""
+    import subprocess
+    import sys
+
+    from tests.conftest import lrctl_env
+
+    code = ("import sys; sys.modules['tomllib'] = None\n"  # what Python 3.10 has: no tomllib
+            "from lrctl import config\n"
+            "cfg, _ = config.load(sys.argv[1])\n"
+            "assert config.tomllib.__name__ == 'tomli' and cfg == config.RunConfig()\n"
+            "assert config.with_overrides(cfg, ['train.batch_size=25']).train.batch_size == 25\n")
+    result = subprocess.run([sys.executable, "-c", code, str(REPO / "configs" / "lesson.toml")],
+                            capture_output=True, text=True, env=lrctl_env())
+    assert result.returncode == 0, result.stderr
 
 
 def test_every_problem_is_listed_with_file_and_key(tmp_path):

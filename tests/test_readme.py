@@ -22,6 +22,15 @@ def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():
     assert install_and_test.index("torch==") < install_and_test.index("-e ")
 
 
+def test_readme_cpu_only_variant_is_the_first_command_from_pytorchs_cpu_index():
+    """On a fresh Linux machine PyPI's torch is the CUDA build: the README's CPU variant must stay in step."""
+    install_and_run, _ = _readme_commands()
+    text = " ".join((REPO / "README.md").read_text().split())
+    cpu = re.search(r"`([^`]*download\.pytorch\.org/whl/cpu[^`]*)`", text).group(1)
+    pin = re.search(r"torch==\S+", install_and_run).group(0)
+    assert cpu == install_and_run.replace(pin, f"{pin} --index-url https://download.pytorch.org/whl/cpu")
+
+
 def test_readme_piped_example(workdir):
     text = (REPO / "README.md").read_text()
     printf = re.search(r"`printf '([^']+)' \| lrctl --run demo`", text).group(1)

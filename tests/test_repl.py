@@ -47,7 +47,9 @@ def test_invalid_answers_ask_again_and_help_explains(tmp_path):
 
 
 def test_empty_answer_repeats_the_previous_one(tmp_path):
-    reason, session, out = _feed(tmp_path, "y\r2\r0.02\ry\r\r\rn\r")
+    # at every question, Continue training? included (README and help say so)
+    reason, session, out = _feed(tmp_path, "y\r2\r0.02\r\r\r\rn\r")
+    assert reason == "quit"
     assert [h["lr"] for h in session.trainer.history] == pytest.approx([0.02] * 4)
 
 
@@ -68,7 +70,7 @@ def test_history_is_kept_per_run_and_question(tmp_path):
 
 def test_preview_and_status_do_not_train(tmp_path):
     reason, session, out = _feed(tmp_path, "status\ry\r2\rpreview exp 0.1 gamma=0.5 3\r0.01\rn\r")
-    assert "r · epoch 0" in out
+    assert "run 'r' at epoch 0" in out and "lr: no epoch trained yet" in out
     assert "preview of 'exp 0.1 gamma=0.5' over 3 epochs" in out
     assert "    2  0.025" in out
     assert session.global_step == 2

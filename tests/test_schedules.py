@@ -154,6 +154,14 @@ def test_malformed_expressions_name_the_problem(text, message):
     assert message in str(info.value)
 
 
+def test_poly_is_an_alias_of_power():
+    assert parse("poly 0.03 s=5") == parse("power 0.03 s=5")
+    assert parse("POLY 0.03").text == "power 0.03"
+    from lrctl.commands import completions
+
+    assert completions("poly 0.03 ") == ["s=", "c="]
+
+
 def test_canonical_text_round_trips():
     for text in ["0.03", "step 0.03 every=10 gamma=0.5", "warmup=5 cos 0.03 min=0.0001", "keep",
                  "piecewise 0.03:10 0.01:20 0.001", "cyclic 0.001 0.03 period=4 mode=exp_range gamma=0.99"]:

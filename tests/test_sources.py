@@ -45,6 +45,19 @@ def test_csv_round_trip_trains_and_its_metric_falls(workdir):
     assert mse[-1] < 0.5 * mse[0]
 
 
+def test_the_banner_names_a_csv_models_real_sizes(workdir):
+    from lrctl import config
+
+    _write_csv(workdir / "data.csv")
+    _write_csv(workdir / "cls.csv", classification=True)
+    (workdir / "reg.toml").write_text('[data]\nsource = "csv"\npath = "data.csv"\ntarget = "target"\n'
+                                      '[model]\nhidden = [32, 16]\n')
+    (workdir / "cls.toml").write_text('[data]\nsource = "csv"\npath = "cls.csv"\ntarget = "label"\n'
+                                      'task = "classification"\n')
+    assert "MLP 3-32-16-1 " in config.load(workdir / "reg.toml")[0].describe()
+    assert "MLP 3-4-4-2 " in config.load(workdir / "cls.toml")[0].describe()  # two labels: pos, neg
+
+
 def test_csv_classification_with_text_labels(workdir):
     _write_csv(workdir / "cls.csv", classification=True)
     (workdir / "cls.toml").write_text('[data]\nsource = "csv"\npath = "cls.csv"\ntarget = "label"\n'

@@ -119,7 +119,7 @@ def test_compare_two_seeds_same_start_per_seed_and_table_matches_tensorboard(wor
     assert result.returncode == 0, result.stderr
     group = workdir / "runs" / "cmp"
     runs = {"4x0.03-s24", "4x0.03-s25", "2x0.03_2x0.01-s24", "2x0.03_2x0.01-s25"}
-    assert {p.name for p in group.iterdir()} == runs
+    assert {p.name for p in group.iterdir() if p.is_dir()} == runs
     import torch
 
     def initial(run):
@@ -151,6 +151,9 @@ def test_a_real_tensorboard_serves_the_scalars_and_stops(workdir):
         with urllib.request.urlopen(url + f"data/plugin/scalars/scalars?{query}", timeout=30) as response:
             points = json.load(response)
         assert [p[1] for p in points] == [0, 1, 2, 3, 4]
+        with urllib.request.urlopen(url + "data/plugin/custom_scalars/layout", timeout=30) as response:
+            layout = json.load(response)  # train and test on one chart, the lr beneath
+        assert [c["title"] for c in layout["category"]] == ["train_mse and test_mse", "learning rate"]
         process = board.process
     finally:
         board.stop()
@@ -196,3 +199,13 @@ def test_lrctl_tb_ends_with_its_tensorboard_on_a_signal(signum, workdir):
     assert left == []
     with pytest.raises(OSError):
         urllib.request.urlopen(url + "data/environment", timeout=5)
+
+
+def test_compare_with_one_seed_has_no_spread_column(tmp_path, capsys):
+    from lrctl.cli import main
+
+    assert main(["compare", "--plans", "2@0.03", "2@0.01", "--runs-dir", str(tmp_path), "--name", "one"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("plan "))
+    assert "spread" not in header and "--seeds 24,25,26 repeats every plan per seed" in out
+    assert len(next(line for line in out.splitlines() if line.startswith("2@0.03 ")).split()) == 4

@@ -80,3 +80,44 @@ def test_ctrl_d_at_a_prompt_saves_and_exits(workdir):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def _screen(raw: str, columns: int = 120, lines: int = 30) -> list[str]:
+    """What a terminal shows after ``raw`` (pyte, a VT100 emulator)."""
+    import pyte
+
+    screen = pyte.Screen(columns, lines)
+    pyte.Stream(screen).feed(raw)
+    return [line.rstrip() for line in screen.display]
+
+
+def test_l_key_prompts_on_its_own_line_and_every_epoch_row_is_printed(workdir):
+    import io
+    import re
+
+    child = spawn(["--run", "keys"], workdir)
+    child.logfile_read = raw = io.StringIO()
+    answer_chunk(child, "100000", "0.01")
+    child.expect(r"epoch\s+3 ")
+    child.expect_exact("keys: p pause")
+    keys_line = next(line for line in _screen(raw.getvalue()) if "keys: p pause" in line)
+    assert keys_line.lstrip().startswith("keys: p pause") and "0/?" not in keys_line  # no stray empty bar
+    child.send("l")
+    child.expect_exact("New learning rate")
+    shown = _screen(raw.getvalue())
+    prompt = next(i for i, line in enumerate(shown) if "New learning rate" in line)
+    assert shown[prompt].startswith("New learning rate (a number or a schedule; empty cancels):")
+    paused = [line for line in shown[:prompt] if line.startswith("paused at epoch")]
+    assert paused and "p (or lrctl send" not in paused[-1]  # training's line came first; l itself continues
+    child.sendline("0.005")
+    child.expect(r"lr -> 0.005 \(set\) from key")
+    child.expect(r"epoch\s+\d+\s+lr 0.005 ")
+    child.send("s")
+    child.expect(r"stopped at epoch (\d+)")
+    stopped = int(child.match.group(1))
+    child.expect_exact("Continue training? [y/n]")
+    child.sendline("n")
+    child.expect(pexpect.EOF)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw.getvalue())
+    rows = [int(n) for n in re.findall(r"epoch\s+(\d+)\s+lr \d", plain)]
+    assert sorted(set(rows)) == list(range(stopped))  # no row lost around the prompt

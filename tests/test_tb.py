@@ -1,0 +1,54 @@
+"""``lrctl tb`` / ``--tb``: the flags TensorBoard gets, checked against TensorBoard's own loader."""
+
+from __future__ import annotations
+
+from lrctl.tb import DEFAULT_FLAGS, TensorBoard
+
+
+def test_user_flags_come_after_lrctls_and_the_port_is_used(tmp_path):
+    board = TensorBoard(tmp_path, 6123, ["--window_title", "lesson", "--samples_per_plugin=scalars=500"])
+    command = board.command
+    assert command[command.index("--port") + 1] == "6123" and board.url == "http://127.0.0.1:6123/"
+    assert command[-3:] == ["--window_title", "lesson", "--samples_per_plugin=scalars=500"]
+    assert command.index("--samples_per_plugin=scalars=1000000") < command.index("--samples_per_plugin=scalars=500")
+
+
+def test_cli_passes_port_and_flags(monkeypatch, tmp_path):
+    """``lrctl tb --port N -- FLAGS`` reaches TensorBoard as given (no server started here)."""
+    from lrctl import cli, tb
+
+    seen = {}
+
+    def fake_start(self, timeout: float = 60.0) -> str:
+        seen["command"] = self.command
+        raise RuntimeError("not started in this test")
+
+    monkeypatch.setattr(tb.TensorBoard, "start", fake_start)
+    assert cli.main(["tb", "--runs-dir", str(tmp_path), "--port", "6124", "--", "--window_title", "x"]) == 1
+    assert seen["command"][-2:] == ["--window_title", "x"] and "6124" in seen["command"]
+
+
+def test_every_epoch_of_a_long_run_is_kept(tmp_path):
+    """TensorBoard keeps 1,000 points per scalar tag by default; with lrctl's flag it keeps all 1,500."""
+    from tensorboard.backend.event_processing import data_ingester, plugin_event_multiplexer
+    from tensorboard.plugins.core.core_plugin import _parse_samples_per_plugin
+
+    from lrctl.tblog import TensorBoardLogger
+
+    logger = TensorBoardLogger(tmp_path / "long")
+    for step in range(1500):
+        logger.log("lr", 0.01, step)
+    logger.close()
+    flag = next(f for f in DEFAULT_FLAGS if f.startswith("--samples_per_plugin="))
+
+    def kept(extra: dict[str, int]) -> int:
+        guidance = {**data_ingester.DEFAULT_TENSOR_SIZE_GUIDANCE, **extra}  # what TensorBoard's server does
+        mux = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance=guidance)
+        mux.AddRunsFromDirectory(str(tmp_path))
+        mux.Reload()
+        return len(mux.Tensors("long", "lr"))
+
+    hint = _parse_samples_per_plugin(flag.split("=", 1)[1])
+    assert kept({}) == 1000
+    assert kept(hint) == 1500
+    assert hint["scalars"] >= 1500  # the server's scalars plugin also downsamples its answer to this (0: nothing)
