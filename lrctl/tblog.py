@@ -103,6 +103,7 @@ class TensorBoardLogger:
         self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
         logdir = Path(logdir)
         logdir.mkdir(parents=True, exist_ok=True)
+        first = not any(_EVENT_FILE.match(n) for n in os.listdir(logdir))
         name = f"events.out.tfevents.{_next_file_time(logdir):010d}.{socket.gethostname()}.{os.getpid()}.lrctl"
         self.path = logdir / name
         self._file = open(self.path, "wb")
@@ -112,10 +113,12 @@ class TensorBoardLogger:
         # `lrctl tb` serve) ignores the first START it sees in a run and purges on every later one;
         # EventAccumulator purges on each. So a later purge (undo, rollback, reopen) is honoured by both,
         # even in a run whose older files have no START.
+        # (A file that only adds to a run, purge_step None where events exist, writes no START.)
         self._layout = layout
-        for _ in range(2):
+        starts = 2 if purge_step is not None or first else 0
+        for _ in range(starts):
             self.purge(purge_step or 0)  # at step 0 this also writes the layout
-        if layout is not None and purge_step:
+        if layout is not None and (purge_step or not starts):
             self.write_summary(layout, step=0)
         self.flush()
 
