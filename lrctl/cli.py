@@ -109,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     find = sub.add_parser("find-lr", help="lr range test from a run's current state; the run is not changed")
     find.add_argument("--run", default="default")
     find.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
-    find.add_argument("--start", type=float, default=1e-6)
-    find.add_argument("--end", type=float, default=1.0)
-    find.add_argument("--batches", type=int, default=100)
+    find.add_argument("--start", type=float, default=1e-5, help="first lr of the sweep (default 1e-5)")
+    find.add_argument("--end", type=float, default=1.0, help="last lr of the sweep (default 1)")
+    find.add_argument("--batches", type=int, default=None,
+                      help="steps in the sweep (default 100, or 5 epochs' worth when an epoch is shorter)")
     plot = sub.add_parser("plot", help="train/test metric and lr of runs against the global epoch")
     plot.add_argument("runs", nargs="+")
     plot.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
