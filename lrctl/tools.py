@@ -83,7 +83,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     m = cfg.metric
     _say(f"\n{'plan':<32} {'final train_' + m:>16} {'final test_' + m:>16} {'best test_' + m:>16} {'spread':>9}")
     for r in rows:
-        _say(f"{r.plan:<32} {r.final_train:>16.5g} {r.final_test:>16.5g} {r.best_test:>16.5g} {r.spread_test:>9.3g}")
+        if r.diverged == r.seeds:
+            _say(f"{r.plan:<32} {'diverged':>16} {'diverged':>16} {'diverged':>16} {'':>9}")
+            continue
+        _say(f"{r.plan:<32} {r.final_train:>16.5g} {r.final_test:>16.5g} {r.best_test:>16.5g} {r.spread_test:>9.3g}"
+             + (f"  ({r.note}; means over the others)" if r.diverged else ""))
     _say("(spread: standard deviation of the final test metric over seeds)\n")
     _say(chart(results, texts, m))
     return 0
