@@ -69,9 +69,9 @@ class RangeTest:
         """What the sweep says, in one or two lines."""
         if self.suggestion is None:
             return f"no suggestion: {self.flat}"
-        text = (f"suggested lr: {self.suggestion:.3g} (band {self.low:.2g}..{self.high:.2g}: a third of where the "
-                f"measured loss is lowest, {self.best:.2g}; it falls there from {self.start_loss:.4g} to "
-                f"{min(self.losses):.4g})")
+        text = (f"suggested lr: {self.suggestion:.3g} (band {self.low:.2g}..{self.high:.2g}) · a third of "
+                f"{self.best:.2g}, where the loss measured after each step is lowest "
+                f"({self.start_loss:.4g} -> {min(self.losses):.4g})")
         return text + (f"\n{self.note}" if self.note else "")
 
 

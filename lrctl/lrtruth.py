@@ -22,7 +22,8 @@ better than every grid point). The finders:
 
 The fastai and Lightning rules are implemented here from their published code and documentation (the
 libraries are not dependencies), on lrctl's own engine, so all finders see the same model, data and
-batch order. The finders' cost is given in epochs of training of the same run.
+batch order. lrctl's cost is given in epochs of training of the same run (CPU time, which other
+processes on the machine disturb less than wall time).
 """
 
 from __future__ import annotations
@@ -180,21 +181,21 @@ def measure(workload: Workload, say: Callable[[str], None] = lambda _: None) -> 
     start = trainer.evaluate()[0]
     grid, seconds = [], []
     for lr in GRID:
-        began = time.perf_counter()
+        began = time.process_time()
         grid.append(train_final(trainer, state, lr))
         if math.isfinite(grid[-1]):
-            seconds.append((time.perf_counter() - began) / K)
+            seconds.append((time.process_time() - began) / K)
     epoch_s = statistics.median(seconds)
     finite = [(v, lr) for v, lr in zip(grid, GRID, strict=True) if math.isfinite(v)]
     best, best_lr = (max if cfg.metric == "accuracy" else min)(finite)
     say(f"{workload.name}: grid " + " ".join(f"{lr:.2g}:{v:.4g}" for lr, v in zip(GRID, grid, strict=True)))
 
     runs = []
-    for _ in range(3):  # the median of three: the machine is shared and noisy
+    for _ in range(3):  # CPU time, median of three: the machine may be shared and noisy
         trainer.load_state_dict(copy.deepcopy(state))
-        began = time.perf_counter()
+        began = time.process_time()
         found = range_test(trainer)
-        runs.append(time.perf_counter() - began)
+        runs.append(time.process_time() - began)
     lrctl_epochs = statistics.median(runs) / epoch_s
     suggestions: dict[str, float | None] = {"lrctl": found.suggestion}
     trainer.load_state_dict(copy.deepcopy(state))
@@ -237,14 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--more", action="store_true", help="also the states the finder was not tuned on")
     parser.add_argument("--verbose", action="store_true", help="print every grid point")
     args = parser.parse_args(argv)
-    say = print if args.verbose else (lambda _: None)  # noqa: T202
+    say = print if args.verbose else (lambda _: None)  # every grid point, or nothing
     rows = [measure(w, say) for w in WORKLOADS]
-    print(table(rows))  # noqa: T201 - a benchmark's report
-    print(verdict(rows))  # noqa: T201
+    print(table(rows))
+    print(verdict(rows))
     if args.more:
         more = [measure(w, say) for w in MORE]
-        print("\nstates not used to choose the finder's constants:\n" + table(more))  # noqa: T201
-        print(verdict(more))  # noqa: T201
+        print("\nstates not used to choose the finder's constants:\n" + table(more))
+        print(verdict(more))
     return 0
 
 
