@@ -4,6 +4,7 @@
 
     $ python -m lrctl.lrtruth                 # the table (also: python -m lrctl.bench --lr-finders)
     $ python -m lrctl.lrtruth --more          # and four more states, kept out of the finder's tuning
+    $ python -m lrctl.lrtruth --orders 3      # each state also with two other batch orders
 
 For every workload state, the ground truth is a grid: from the same state, K epochs (10) at each of 13
 constant lrs from 1e-4 to 1 (three per decade), and the final train metric of each; the best grid lr is
@@ -168,8 +169,9 @@ def gap(metric: str, value: float, best: float) -> float:
     return (best - value) / best if metric == "accuracy" else (value - best) / best
 
 
-def measure(workload: Workload, say: Callable[[str], None] = lambda _: None) -> Row:
-    """The grid and every finder on one workload state."""
+def measure(workload: Workload, say: Callable[[str], None] = lambda _: None, shift: int = 0) -> Row:
+    """The grid and every finder on one workload state; ``shift`` > 0 takes the batch orders of epochs
+    that many later (another state as good as the first: how much do the scores owe to one order?)."""
     from lrctl.lrfind import range_test
 
     cfg = _config(workload)
@@ -178,6 +180,8 @@ def measure(workload: Workload, say: Callable[[str], None] = lambda _: None) -> 
         trainer.start_schedule(parse(workload.before[1]), workload.before[0])
         trainer.fit_rec(workload.before[0])
     state = copy.deepcopy(trainer.state_dict())
+    state["global_step"] += shift
+    trainer.load_state_dict(copy.deepcopy(state))
     start = trainer.evaluate()[0]
     grid, seconds = [], []
     for lr in GRID:
@@ -205,7 +209,8 @@ def measure(workload: Workload, say: Callable[[str], None] = lambda _: None) -> 
     scores = {}
     for name, lr in suggestions.items():
         scores[name] = (lr, gap(cfg.metric, train_final(trainer, state, lr), best) if lr is not None else math.nan)
-    return Row(workload.name, cfg.metric, start, best_lr, best, scores, found.flat, lrctl_epochs)
+    name = workload.name + (f", batch orders +{shift}" if shift else "")
+    return Row(name, cfg.metric, start, best_lr, best, scores, found.flat, lrctl_epochs)
 
 
 def _cell(lr: float | None, g: float) -> str:
@@ -226,24 +231,26 @@ def table(rows: list[Row]) -> str:
 
 
 def verdict(rows: list[Row]) -> str:
-    """Which states lrctl's suggestion passes (within 10% of the grid's best, or says it cannot tell)."""
-    ok = [r for r in rows if r.scores["lrctl"][0] is None or r.scores["lrctl"][1] <= PASS]
+    """How many states each finder passes (within 10% of the grid's best; lrctl: or says it cannot tell)."""
+    counts = {f: sum(lr is None or g <= PASS for lr, g in (r.scores[f] for r in rows)) for f in rows[0].scores}
     notes = [f"  {r.workload}: {r.lrctl_note}" for r in rows if r.lrctl_note]
-    return (f"lrctl within {PASS:.0%} of the grid's best (or saying it cannot tell): {len(ok)} of {len(rows)}"
-            + "".join("\n" + n for n in notes))
+    return (f"within {PASS:.0%} of the grid's best (lrctl: or saying it cannot tell), of {len(rows)}: "
+            + ", ".join(f"{f} {n}" for f, n in counts.items()) + "".join("\n" + n for n in notes))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lrctl.lrtruth", description=__doc__.split("\n")[0])
     parser.add_argument("--more", action="store_true", help="also the states the finder was not tuned on")
+    parser.add_argument("--orders", type=int, default=1,
+                        help="also each state with the batch orders of 1..N-1 epochs later (default 1: as is)")
     parser.add_argument("--verbose", action="store_true", help="print every grid point")
     args = parser.parse_args(argv)
     say = print if args.verbose else (lambda _: None)  # every grid point, or nothing
-    rows = [measure(w, say) for w in WORKLOADS]
+    rows = [measure(w, say, shift) for w in WORKLOADS for shift in range(args.orders)]
     print(table(rows))
     print(verdict(rows))
     if args.more:
-        more = [measure(w, say) for w in MORE]
+        more = [measure(w, say, shift) for w in MORE for shift in range(args.orders)]
         print("\nstates not used to choose the finder's constants:\n" + table(more))
         print(verdict(more))
     return 0
