@@ -69,3 +69,18 @@ def test_find_at_the_prompt_takes_the_find_lr_options(tmp_path):
     assert [h["lr"] for h in session.trainer.history] == pytest.approx([suggestion] * 2, rel=1e-6)
     sweep = read_scalars(tmp_path / "_lr-find" / "p-e0")["lr_find/lr"]
     assert len(sweep) == 40 and sweep[-1][1] == pytest.approx(0.1, rel=1e-6)
+
+
+def test_the_finder_sweeps_a_dataset_source_and_restores_it(tmp_path):
+    from lrctl.config import load
+    from tests.test_sources import FACTORY
+
+    (tmp_path / "mine.py").write_text(FACTORY)
+    (tmp_path / "f.toml").write_text('[data]\nsource = "factory"\nfactory = "mine.py:dataset_data"\n'
+                                     '[model]\nkind = "factory"\nfactory = "mine.py:model"\n')
+    trainer = Trainer(load(tmp_path / "f.toml")[0])
+    assert not trainer.split.in_memory  # the DataLoader path: rows gathered from the Dataset
+    state = copy.deepcopy(trainer.state_dict())
+    result = range_test(trainer, batches=20)
+    assert_states_equal(trainer.state_dict(), state)
+    assert len(result.lrs) >= 5 and result.start_loss == pytest.approx(trainer.evaluate()[2], rel=1e-5)
