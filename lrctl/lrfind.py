@@ -41,7 +41,7 @@ from lrctl.engine import Trainer
 EVAL_ROWS = 2048  # rows of the training set the loss is measured on after every step
 BELOW_BEST = 1 / 3  # the suggestion: this fraction of the lr where the measured loss is lowest
 FLAT = 0.02  # a loss that moves less than 2% of itself over the sweep cannot tell lrs apart
-KNEE = 0.1  # the band: lrs whose loss is within this fraction of the whole drop of the lowest (or the noise)
+BAND = 0.1  # the band: lrs whose loss is within this fraction of the whole drop of the lowest (or the noise)
 
 
 @dataclass
@@ -100,7 +100,7 @@ def suggest(lrs: list[float], losses: list[float], start_loss: float, stopped_ea
                         if top == len(curve) - 1 else f"; above {lrs[top]:.2g} the loss rises"))
         return RangeTest(lrs, losses, start_loss, None, lrs[0], lrs[top], lrs[best], statement, stopped_early)
     # Where the lowest loss may lie: every lr whose loss is within the noise (or a tenth of the drop) of it.
-    near = [i for i, v in enumerate(curve) if v <= curve[best] + max(2 * noise, KNEE * drop)]
+    near = [i for i, v in enumerate(curve) if v <= curve[best] + max(2 * noise, BAND * drop)]
     note = None
     if best >= len(curve) - 2 and not stopped_early:
         note = (f"the loss was still falling when the sweep ended at {lrs[-1]:.2g}: a larger lr may do as well "
