@@ -4,6 +4,7 @@
 
     $ python -m lrctl.bench                 # lesson workload at 1,000 and 20,000 rows, + first prompt
     $ python -m lrctl.bench --rounds 9 --rows 1000 --no-prompt
+    $ python -m lrctl.bench --lr-finders    # the lr finders against the 10-epoch truth (lrctl.lrtruth)
 
 All loops train the same model on the same data with the same batch size and the same full-set
 evaluation after every epoch, in one process, in interleaved rounds (the VM is noisy: compare the
@@ -234,7 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--no-prompt", action="store_true", help="skip the time-to-first-prompt measurement")
     parser.add_argument("--no-big", action="store_true", help="skip the 10M-parameter checkpoint measurement")
+    parser.add_argument("--lr-finders", action="store_true",
+                        help="only the lr finders against the 10-epoch truth (python -m lrctl.lrtruth)")
     args = parser.parse_args(argv)
+    if args.lr_finders:
+        from lrctl import lrtruth
+
+        return lrtruth.main([])
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__} · {torch.get_num_threads()} threads available · python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from lrctl._numbers import parse_int
+from lrctl._numbers import parse_float, parse_int
 from lrctl.schedules import ALIASES, FAMILIES, ScheduleError, help_text
 from lrctl.schedules import parse as parse_schedule
 
@@ -78,7 +78,11 @@ class Plot:
 
 @dataclass(frozen=True)
 class Find:
-    pass
+    """``find [start=1e-5] [end=1] [batches=N]``: the options of ``lrctl find-lr``."""
+
+    start: float = 1e-5
+    end: float = 1.0
+    batches: int | None = None  # None: the finder's default (100, or 5 epochs' worth)
 
 
 Command = Answer | Invalid | Help | Quit | Preview | Status | Undo | Fork | Plot | Find
@@ -93,11 +97,13 @@ lrctl asks three questions per chunk of training:
   Learning rate:             a number (0.03) or a schedule (type help there for the list)
 At any prompt: help, status (where the run stands), plot (curves of the run), undo (back to where the
 last chunk began), fork NAME (continue in a copy of this run), quit. Empty answer = your previous answer.
-At Learning rate: also find (an lr range test from the current state; its suggestion becomes the default).
+At Learning rate: also find [start=1e-5 end=1 batches=N] (an lr range test from the current state, the
+options of lrctl find-lr; its suggestion becomes the default).
 During a chunk: Ctrl-C stops after the current epoch (kept and saved); Ctrl-C twice abandons it.
 Up-arrow recalls earlier answers. Curves: tensorboard --logdir runs"""
 
-LR_HELP = help_text() + "\n  preview <expression> [epochs]            print the lr per epoch without training"
+LR_HELP = (help_text() + "\n  preview <expression> [epochs]            print the lr per epoch without training"
+           "\n  find [start=1e-5 end=1 batches=N]        lr range test from here; its suggestion becomes the default")
 
 
 def _yes_no(text: str) -> Command:
@@ -126,8 +132,8 @@ def parse(question: Question, text: str, previous: Any = None) -> Command:
     if word == "fork" or word.startswith("fork "):
         name = stripped[4:].strip()
         return Fork(name) if name else Invalid("fork needs a name for the new run, e.g. fork try-0.01")
-    if word == "find" and question is Question.LR:
-        return Find()
+    if (word == "find" or word.startswith("find ")) and question is Question.LR:
+        return parse_find(stripped)
     if question in (Question.CONTINUE, Question.FINISH):
         if not stripped and previous is not None:
             return Answer(bool(previous))
@@ -152,6 +158,33 @@ def parse(question: Question, text: str, previous: Any = None) -> Command:
         return Answer(parse_schedule(stripped).text)
     except ScheduleError as e:
         return Invalid(str(e))
+
+
+def find_range_error(start: float, end: float, batches: int | None) -> str | None:
+    """Why a range test's options cannot work, or None (shared by ``find`` and ``lrctl find-lr``)."""
+    if not 0 < start < end:
+        return f"find needs 0 < start < end, not start={start:g} end={end:g}"
+    if batches is not None and not 5 <= batches <= 100_000:
+        return f"find needs batches between 5 and 100000, not {batches}"
+    return None
+
+
+def parse_find(text: str) -> Command:
+    """``find start=1e-5 end=1 batches=200`` (any of the three, in any order)."""
+    values: dict[str, float | int] = {}
+    for part in text.split()[1:]:
+        key, eq, value = part.partition("=")
+        key = key.lower()
+        if not eq or key not in ("start", "end", "batches"):
+            return Invalid(f"find takes start=, end= and batches= (e.g. find start=1e-5 end=1 batches=200), "
+                           f"not {part!r}")
+        try:
+            values[key] = parse_int(value, key) if key == "batches" else parse_float(value, key)
+        except ValueError as e:
+            return Invalid(str(e))
+    command = Find(**values)  # type: ignore[arg-type]
+    error = find_range_error(command.start, command.end, command.batches)
+    return Invalid(error) if error else command
 
 
 def _preview(text: str) -> Command:
@@ -182,6 +215,10 @@ def completions(text: str) -> list[str]:
     if not earlier or earlier == ["preview"]:
         words = [n for n in FAMILIES if n != "const"] + ["warmup=", "preview", "find", "help"]
         return [w for w in words if w.startswith(current)]
+    if earlier[0].lower() == "find":
+        used = {t.partition("=")[0] for t in tokens[:-1]}
+        return [f"{k}=" for k in ("start", "end", "batches") if k not in used and f"{k}=".startswith(current)]
+
     def family_of(word: str):
         return FAMILIES.get(ALIASES.get(word.lower(), word.lower()))
 

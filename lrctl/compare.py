@@ -6,7 +6,8 @@
 
 Each (plan, seed) is an ordinary run under ``<runs-dir>/<name>/<plan-label>[-s<seed>]`` (TensorBoard
 shows them side by side with ``--logdir <runs-dir>/<name>``), trained with the same data and, per
-seed, the same initial weights. With no plans it reproduces the lesson's experiment.
+seed, the same initial weights. With no plans it reproduces the lesson's experiment. A plan whose loss
+becomes NaN/inf stays in the table, marked diverged (its run is rolled back to its last checkpoint).
 """
 
 from __future__ import annotations
@@ -35,15 +36,24 @@ class Result:
     run: str
     train: list[float]
     test: list[float]
+    diverged: str | None = None  # why the plan ended early (the loss became NaN/inf), else None
 
 
 @dataclass
 class Row:
     plan: str
-    final_train: float
+    final_train: float  # means over the seeds that did not diverge (nan when every seed did)
     final_test: float
     best_test: float
     spread_test: float  # std of the final test metric over seeds (0 for one seed)
+    diverged: int = 0  # how many of the seeds diverged
+    seeds: int = 1
+
+    @property
+    def note(self) -> str:
+        if not self.diverged:
+            return ""
+        return "diverged" + (f" in {self.diverged} of {self.seeds} seeds" if self.seeds > 1 else "")
 
 
 def run_all(runs_dir: Path, name: str, plans: list[list[tuple[int, str]]], plan_texts: list[str],
@@ -61,30 +71,45 @@ def run_all(runs_dir: Path, name: str, plans: list[list[tuple[int, str]]], plan_
         try:
             session.load()
             total = sum(epochs for epochs, _ in plan)
+            outcome = None
             if session.global_step == 0:
-                session.run_plan(plan, source="compare")
+                outcome = session.run_plan(plan, source="compare")
             elif session.global_step < total and session.pending is not None:
-                session.finish_pending()
+                outcome = session.finish_pending()
             history = session.trainer.history
+            diverged = None
+            if outcome is not None and outcome.status == "diverged":
+                diverged = outcome.detail
+            elif session.global_step < total and session.pending is None:  # an earlier compare saw it diverge
+                diverged = f"ended at epoch {session.global_step} of {total} (diverged in an earlier compare)"
         finally:
             session.close("compare")
-        result = Result(text, seed, run, [h["train"] for h in history], [h["test"] for h in history])
+        result = Result(text, seed, run, [h["train"] for h in history], [h["test"] for h in history], diverged)
         results.append(result)
         metric = cfg.metric
-        report(f"[{i}/{len(todo)}] {text}" + (f" seed {seed}" if seed is not None else "")
-               + f": train_{metric} {result.train[-1]:.5g} test_{metric} {result.test[-1]:.5g}  ({group / run})")
+        label = f"[{i}/{len(todo)}] {text}" + (f" seed {seed}" if seed is not None else "")
+        if diverged:
+            report(f"{label}: diverged: {diverged}  ({group / run})")
+        else:
+            report(f"{label}: train_{metric} {result.train[-1]:.5g} test_{metric} {result.test[-1]:.5g}  "
+                   f"({group / run})")
     return results
 
 
 def summarize(results: list[Result], plan_texts: list[str], higher_is_better: bool) -> list[Row]:
     rows = []
     best = max if higher_is_better else min
+    nan = float("nan")
     for text in plan_texts:
-        mine = [r for r in results if r.plan == text]
+        every = [r for r in results if r.plan == text]
+        mine = [r for r in every if r.diverged is None]
         finals = [r.test[-1] for r in mine]
+        if not mine:
+            rows.append(Row(text, nan, nan, nan, nan, len(every), len(every)))
+            continue
         rows.append(Row(text, statistics.mean(r.train[-1] for r in mine), statistics.mean(finals),
                         statistics.mean(best(r.test) for r in mine),
-                        statistics.stdev(finals) if len(finals) > 1 else 0.0))
+                        statistics.stdev(finals) if len(finals) > 1 else 0.0, len(every) - len(mine), len(every)))
     return rows
 
 
@@ -96,7 +121,9 @@ def chart(results: list[Result], plan_texts: list[str], metric: str, width: int 
     plt.clear_color()
     plt.plotsize(width, height)
     for text in plan_texts:
-        mine = [r.test for r in results if r.plan == text]
+        mine = [r.test for r in results if r.plan == text and r.diverged is None]
+        if not mine:
+            continue  # every seed diverged: nothing to draw (the table says so)
         length = min(len(t) for t in mine)
         mean = [statistics.mean(t[e] for t in mine) for e in range(length)]
         plt.plot(list(range(length)), mean, label=text, marker="braille")

@@ -202,9 +202,15 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     # -- training ----------------------------------------------------------------------------
-    def _batches(self):
+    def batches(self, epoch: int):
+        """Global epoch ``epoch``'s (x, y) training batches in its order, without training or moving the
+        step (the lr finder sweeps over these)."""
+        return self._batches(epoch)
+
+    def _batches(self, epoch: int | None = None):
         """This epoch's (x, y) batches: slices of one gathered copy, or a DataLoader over a Dataset."""
-        order = data_mod.epoch_order(self.split.n_train, self.cfg.train.shuffle_seed, self.global_step,
+        order = data_mod.epoch_order(self.split.n_train, self.cfg.train.shuffle_seed,
+                                     self.global_step if epoch is None else epoch,
                                      self.device if self._loaders is None else "cpu")
         if self._loaders is not None:
             return self._loaders.train(order)

@@ -138,7 +138,7 @@ def lr_chart(lrs: list[float], losses: list[float], marks: dict[str, float], wid
     plt = _figure()
     plt.plotsize(width, height)
     xs = [math.log10(lr) for lr in lrs]
-    plt.plot(xs, losses, marker="braille", label="smoothed loss")
+    plt.plot(xs, losses, marker="braille", label="loss on fixed training rows")
     for lr in marks.values():
         plt.vline(math.log10(lr))
     plt.title("loss vs lr · verticals: " + ", ".join(f"{name} {lr:.2g}" for name, lr in marks.items()))

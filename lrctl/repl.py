@@ -303,7 +303,7 @@ class Repl:
             elif isinstance(command, commands.Preview):
                 self._preview(command)
             elif isinstance(command, commands.Find):
-                suggestion = self._find()
+                suggestion = self._find(command)
                 if suggestion is not None:
                     previous, placeholder = suggestion, suggestion
             else:
@@ -338,7 +338,7 @@ class Repl:
         except RunError as e:
             self.view.warn(str(e))
 
-    def _find(self) -> str | None:
+    def _find(self, command: commands.Find) -> str | None:
         """The lr range test from the current state; returns the suggestion as the lr prompt's default."""
         self._wait()
         from lrctl.lrfind import log_sweep, range_test
@@ -346,16 +346,18 @@ class Repl:
 
         trainer = self.session.trainer
         try:
-            result = range_test(trainer)
+            result = range_test(trainer, command.start, command.end, command.batches)
         except ValueError as e:
             self.view.warn(str(e))
             return None
         logdir = log_sweep(self.session.store.runs_dir, self.session.store.name, trainer.global_step, result)
-        marks = {"valley": result.valley, "steepest": result.steepest}
-        self.view.say(lr_chart(result.lrs, result.losses, marks))
-        self.view.say(f"suggested lr: {result.valley:.3g} (valley); steepest descent at {result.steepest:.3g}. "
-                      f"Press Enter to use the suggestion. Sweep in TensorBoard: {logdir}")
-        return f"{result.valley:.3g}"
+        self.view.say(lr_chart(result.lrs, result.losses, result.marks()))
+        self.view.say(result.summary())
+        if result.suggestion is None:
+            self.view.say(f"Sweep in TensorBoard: {logdir}")
+            return None
+        self.view.say(f"Press Enter to use the suggestion. Sweep in TensorBoard: {logdir}")
+        return f"{result.suggestion:.3g}"
 
     def _preview(self, command: commands.Preview) -> None:
         self._wait()

@@ -20,25 +20,31 @@ def _say(text: str) -> None:
 
 
 def cmd_find_lr(args: argparse.Namespace) -> int:
+    from lrctl.commands import find_range_error
     from lrctl.engine import Trainer
     from lrctl.lrfind import log_sweep, range_test
     from lrctl.plots import lr_chart
     from lrctl.session import _read_frozen_config
 
-    if not 0 < args.start < args.end or args.batches < 5:
-        _say("lrctl: find-lr needs 0 < --start < --end and --batches >= 5")
+    error = find_range_error(args.start, args.end, args.batches)
+    if error:
+        _say(f"lrctl: find-lr: {error.removeprefix('find ')} (--start, --end, --batches)")
         return 2
     store = _existing(args.runs_dir, args.run)
     cfg, _ = _read_frozen_config(store)
     trainer = Trainer(cfg)
     if store.has_checkpoint():
         trainer.load_state_dict(store.load_checkpoint().state)
-    result = range_test(trainer, args.start, args.end, args.batches)
+    try:
+        result = range_test(trainer, args.start, args.end, args.batches)
+    except ValueError as e:
+        _say(f"lrctl: find-lr: {e}")
+        return 1
     logdir = log_sweep(args.runs_dir, args.run, trainer.global_step, result)
-    _say(lr_chart(result.lrs, result.losses, {"valley": result.valley, "steepest": result.steepest}))
-    _say(f"swept {len(result.lrs)} batches from {args.start:g} to {result.lrs[-1]:.3g}"
-         + (" (stopped: the loss exploded)" if result.stopped_early else ""))
-    _say(f"suggested lr: {result.valley:.3g} (valley) · steepest descent: {result.steepest:.3g}")
+    _say(lr_chart(result.lrs, result.losses, result.marks()))
+    _say(f"swept {len(result.lrs)} batches from {args.start:g} to {result.lrs[-1]:.3g}, the loss measured on the "
+         "same training rows after each" + (" (stopped: the loss exploded)" if result.stopped_early else ""))
+    _say(result.summary())
     _say(f"run '{args.run}' is unchanged · sweep in TensorBoard: {logdir}")
     return 0
 
@@ -80,8 +86,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _say(f"\n{'plan':<32} {'final train_' + m:>16} {'final test_' + m:>16} {'best test_' + m:>16}"
          + (f" {'spread':>9}" if spread else ""))
     for r in rows:
+        if r.diverged == r.seeds:
+            _say(f"{r.plan:<32} {'diverged':>16} {'diverged':>16} {'diverged':>16}" + (f" {'':>9}" if spread else ""))
+            continue
         _say(f"{r.plan:<32} {r.final_train:>16.5g} {r.final_test:>16.5g} {r.best_test:>16.5g}"
-             + (f" {r.spread_test:>9.3g}" if spread else ""))
+             + (f" {r.spread_test:>9.3g}" if spread else "")
+             + (f"  ({r.note}; means over the others)" if r.diverged else ""))
     _say("(spread: standard deviation of the final test metric over seeds)\n" if spread else
          f"(one seed, {cfg.model.seed}: --seeds 24,25,26 repeats every plan per seed and adds their spread)\n")
     _say(chart(results, texts, m))

@@ -67,3 +67,16 @@ def test_completions():
     assert completions("exp 0.05 ") == ["gamma="]
     assert completions("cyclic 0.001 0.03 period=4 ") == ["mode=", "gamma="]
     assert completions("warmup=3 ex") == ["exp"]
+
+
+def test_find_takes_the_options_of_find_lr():
+    from lrctl.commands import Find
+
+    assert parse(Question.LR, "find") == Find()
+    assert parse(Question.LR, "find start=1e-6 END=0.5 batches=200") == Find(1e-6, 0.5, 200)
+    for text, message in [("find start=1 end=0.1", "0 < start < end"), ("find batches=2", "between 5 and"),
+                          ("find 200", "find takes start=, end= and batches="), ("find end=inf", "finite")]:
+        result = parse(Question.LR, text)
+        assert isinstance(result, Invalid) and message in result.message, (text, result)
+    assert isinstance(parse(Question.EPOCHS, "find"), Invalid)  # only at the lr prompt
+    assert completions("find start=1e-5 ") == ["end=", "batches="]

@@ -29,10 +29,8 @@ def test_find_lr_leaves_the_run_unchanged_and_suggests_a_sane_lr(workdir):
     assert result.returncode == 0, result.stderr
     assert _digest(workdir / "runs" / "f") == before  # checkpoint, optimizer, step, TensorBoard: byte for byte
     line = next(x for x in result.stdout.splitlines() if x.startswith("suggested lr:"))
-    valley = float(line.split()[2])
-    steepest = float(line.split()[-1])
-    assert 1e-6 <= steepest <= 1 and 1e-6 <= valley <= 1  # inside the swept range
-    assert 0.0003 <= valley <= 3  # within an order of magnitude of the lrs that train well (0.003-0.3)
+    suggestion = float(line.split()[2])
+    assert 0.026 <= suggestion <= 0.1  # 10 epochs there end within 10% of the best of a 1e-4..1 grid (lrtruth)
     assert "lr_find/loss" in read_scalars(workdir / "runs" / "_lr-find" / "f-e1")
 
 
