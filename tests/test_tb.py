@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lrctl.tb import DEFAULT_FLAGS, TensorBoard
 
 
@@ -19,7 +21,7 @@ def test_cli_passes_port_and_flags(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_start(self, timeout: float = 60.0) -> str:
+    def fake_start(self, timeout: float = 60.0, **kwargs) -> str:
         seen["command"] = self.command
         raise RuntimeError("not started in this test")
 
@@ -52,3 +54,41 @@ def test_every_epoch_of_a_long_run_is_kept(tmp_path):
     assert kept({}) == 1000
     assert kept(hint) == 1500
     assert hint["scalars"] >= 1500  # the server's scalars plugin also downsamples its answer to this (0: nothing)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("load_fast", ["false", "true"])
+def test_a_real_tensorboard_shows_the_timeline_right_after_undo(tmp_path, load_fast):
+    """Both of TensorBoard's servers: the Python loader ``lrctl tb`` uses, and the Rust data server
+    (``--load_fast=true``, plain ``tensorboard``'s default): each epoch once, the redone values."""
+    import json
+    import time
+    import urllib.request
+
+    from lrctl.config import RunConfig, with_overrides
+    from lrctl.session import RunSession
+
+    session = RunSession.open(tmp_path, "u", with_overrides(RunConfig(), ["data.rows=300"]), save_every=0)
+    session.load()
+    session.train(3, "0.03")
+    session.train(3, "0.01")
+    session.undo()
+    session.train(2, "0.02")
+    session.close()
+    board = TensorBoard(tmp_path, None, [f"--load_fast={load_fast}", "--reload_interval=1"])
+    board.start()
+    try:
+        # The server reads event files in the background after it answers; it has no "loaded" signal to
+        # wait on, so ask again (bounded) until the run's 5 epochs are there.
+        deadline, points = time.monotonic() + 60, []
+        while len(points) < 5 and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(board.url + "data/plugin/scalars/scalars?run=u&tag=lr", timeout=30) as r:
+                    points = json.loads(r.read())
+            except OSError:  # the run is not known yet: 400
+                points = []
+            if len(points) < 5:
+                time.sleep(0.2)
+    finally:
+        board.stop()
+    assert [(step, round(lr, 6)) for _, step, lr in points] == [(0, 0.03), (1, 0.03), (2, 0.03), (3, 0.02), (4, 0.02)]
