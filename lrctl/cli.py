@@ -426,9 +426,9 @@ def _open(args: argparse.Namespace, group):
 
         check_device(cfg.train.device)
     if cfg is None:
-        from lrctl.session import _read_frozen_config
+        from lrctl.runops import read_frozen_config
 
-        cfg, _ = _read_frozen_config(store)
+        cfg, _ = read_frozen_config(store)
     prebuilt = None
     if not store.exists and (cfg.data.source in ("csv", "factory") or cfg.model.kind == "factory"):
         # User data and models can fail in many ways: find out before the run directory exists.

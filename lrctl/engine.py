@@ -197,6 +197,33 @@ class Trainer:
         self.runner = ScheduleRunner(spec, self.optimizer, self.global_step, epochs, self.batches_per_epoch,
                                      self.metric_mode)
 
+    def change_lr(self, spec: ScheduleSpec, mode: str, remaining_epochs: int) -> str:
+        """A live change, effective from the next batch: the batch loop reads ``self.runner`` every batch.
+
+        ``mode``: 'set' (a constant, or a schedule starting now over the chunk's remaining epochs),
+        'scale' (the running schedule multiplied so that its lr is the value now) or 'restart' (the
+        running schedule begun again now with that base). Returns the mode in effect ('schedule' for a
+        schedule expression; 'set' when there was nothing to scale or restart)."""
+        from lrctl.schedules import with_base
+
+        if spec.name == "keep":
+            raise ValueError("keep is not a change; give a learning rate or a schedule")
+        if mode not in ("set", "scale", "restart"):
+            raise ValueError(f"unknown lr mode {mode!r}: use set, scale or restart")
+        runner = self.runner
+        args = (self.optimizer, self.global_step, remaining_epochs, self.batches_per_epoch, self.metric_mode)
+        if spec.name != "const":
+            self.runner = ScheduleRunner(spec, *args)  # a new schedule starts now, over the rest of the chunk
+            return "schedule"
+        if mode == "scale" and runner is not None:
+            runner.apply_scale(spec.args[0] / runner.lr)
+            return "scale"
+        if mode == "restart" and runner is not None:
+            self.runner = ScheduleRunner(with_base(runner.spec, spec.args[0]), *args)
+            return "restart"
+        self.runner = ScheduleRunner(spec, *args)
+        return "set"
+
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

@@ -28,14 +28,14 @@ class RunCurves:
 
 
 def load_curves(runs_dir: Path, name: str) -> RunCurves:
+    from lrctl.runops import read_frozen_config
     from lrctl.runstore import RunError, RunStore, check_run_name
-    from lrctl.session import _read_frozen_config
 
     group, _, run = name.rpartition("/")  # a run of a compare group: GROUP/RUN, as lrctl runs lists it
     store = RunStore(Path(runs_dir) / check_run_name(group) if group else runs_dir, run)
     if not store.exists:
         raise RunError(f"no run '{name}' in {runs_dir}")
-    cfg, _ = _read_frozen_config(store)
+    cfg, _ = read_frozen_config(store)
     state = store.load_checkpoint().state
     return RunCurves(name, cfg.metric, list(state.get("history") or []), list(state.get("chunks") or []))
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lrctl.runops import read_frozen_config
 from lrctl.runstore import Pending, RunError, RunStore
-from lrctl.session import Observer, RunSession, _read_frozen_config
+from lrctl.session import Observer, RunSession
 
 STEP_OF = {"chunk_end": "step", "interrupted": "step", "session_end": "step", "pending_dropped": "step",
            "pending_replaced": "step", "diverged": "rolled_back_to"}
@@ -28,7 +29,7 @@ def replay(runs_dir: Path, source: str, target: str, observer: Observer | None =
     events = src.read_journal()
     if any(e["event"] == "config_changed" for e in events):
         raise RunError(f"run '{source}' changed its config with --force-config; its journal cannot be replayed")
-    cfg, _ = _read_frozen_config(src)
+    cfg, _ = read_frozen_config(src)
     final = int(src.summary().get("global_step", 0))
     session = RunSession.open(runs_dir, target, cfg, save_every=1e9, observer=observer,
                               config_origin=f"replay of run '{source}'")

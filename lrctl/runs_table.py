@@ -52,7 +52,7 @@ def _state(store: RunStore) -> str:
 
 def _loaded_summary(store: RunStore) -> tuple[dict, str | None]:
     """Without a checksum file the summary is unknown without loading: load (torch, weights_only)."""
-    from lrctl.session import state_summary
+    from lrctl.runops import state_summary
 
     try:
         loaded = store.load_checkpoint()

@@ -41,6 +41,8 @@ LOCK_FILE = "lock"
 LOCK_INFO_FILE = "lock.json"
 HISTORY_DIR = ".history"
 KEPT_DIR = "kept"
+BATCH_LOGDIR = "batch"  # the TensorBoard run of per-batch scalars (per-batch schedules' lr)
+EVENTS_PREFIX = "events.out.tfevents"
 DEFAULT_KEEP = 10
 _COPIED = (CONFIG_FILE, CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, CHECKPOINT_META_FILE, JOURNAL_FILE)
 
@@ -455,9 +457,9 @@ class RunStore:
             if (self.dir / name).exists():
                 shutil.copy2(self.dir / name, other.dir / name)
         for path in self.dir.iterdir():
-            if path.name.startswith("events.out.tfevents"):
+            if path.name.startswith(EVENTS_PREFIX):
                 shutil.copy2(path, other.dir / path.name)
-            elif path.is_dir() and path.name in (KEPT_DIR, "batch"):
+            elif path.is_dir() and path.name in (KEPT_DIR, BATCH_LOGDIR):
                 shutil.copytree(path, other.dir / path.name, dirs_exist_ok=True)
 
     def summary(self) -> dict[str, Any]:

@@ -17,7 +17,6 @@ which the CLI runs in a background thread while the first question waits for an 
 from __future__ import annotations
 
 import json
-import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,11 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lrctl import config as config_mod
+from lrctl.live import LiveControl
+from lrctl.runops import read_frozen_config, state_summary
 from lrctl.runstore import (
+    BATCH_LOGDIR,
     CHECKPOINT_FILE,
-    CHECKPOINT_META_FILE,
     DEFAULT_KEEP,
-    PREVIOUS_CHECKPOINT_FILE,
+    EVENTS_PREFIX,
     Pending,
     RunError,
     RunStore,
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 DEFAULT_SAVE_EVERY = 5.0
 MID_EPOCH_MIN_SECONDS = 1.0  # mid-epoch checkpoints come at most this often, whatever --save-every says
-BATCH_LOGDIR = "batch"
 
 
 class Observer:
@@ -85,7 +85,6 @@ class RunSession:
         self.given_config: dict[str, Any] | None = None
         self.stop = StopState()  # every stop request (signals, keys, socket, closed pipe) lands here
         self.clock = clock  # when to checkpoint (injected by tests)
-        self._outbox: list[dict[str, Any]] = []
         self.chunks: list[dict[str, Any]] = []  # {start, end, expr} of every chunk trained, for plots and undo
         self.observer = observer or Observer()
         self.trainer: Trainer | None = None
@@ -98,12 +97,7 @@ class RunSession:
         self.in_critical = False
         self.abort_after_critical = False
         self.load_warnings: list[str] = []
-        # Live control: commands from keys or the control socket, applied at the next batch boundary.
-        self.controls: queue.SimpleQueue = queue.SimpleQueue()
-        self._scheduled: list[dict[str, Any]] = []  # recorded changes to re-apply at their global batch
-        self.running = False
-        self.paused = False
-        self._chunk_end = 0
+        self.live = LiveControl(self)  # commands from keys or the control socket, at batch boundaries
         self.busy = False  # a command is running: a signal is answered at its next batch boundary
         self.plan_recorded = False  # open() recorded the --plan with the new run: finish_pending() runs it
         self.saved_this_session = False
@@ -139,7 +133,7 @@ class RunSession:
                 store.write_config(config_mod.to_toml(cfg, header=f"lrctl run '{name}', created {_now()} "
                                                       f"from {config_origin or 'the built-in lesson config'}."))
             else:
-                frozen, _ = _read_frozen_config(store)
+                frozen, _ = read_frozen_config(store)
                 changes = config_mod.diff(frozen, cfg)
                 runtime = config_mod.diff(frozen, cfg, runtime=True)
                 if changes and not force_config:
@@ -228,7 +222,7 @@ class RunSession:
         from lrctl.tblog import TensorBoardLogger
         from lrctl.tbplugins import run_layout
 
-        had_events = any(p.name.startswith("events.out.tfevents") for p in self.store.dir.iterdir())
+        had_events = any(p.name.startswith(EVENTS_PREFIX) for p in self.store.dir.iterdir())
         heal, torn = False, []
         if self.store.has_checkpoint():
             meta_problem = self.store.meta_problem()
@@ -417,7 +411,7 @@ class RunSession:
         return lost
 
     def drop_pending(self, reason: str) -> None:
-        self._scheduled = []
+        self.live.scheduled = []
         pending = self.store.read_pending()
         if pending is not None:
             self.store.journal("pending_dropped", durable=True, reason=reason, chunks=pending.chunks,
@@ -474,11 +468,6 @@ class RunSession:
         self._mark_boundary()  # before the chunk's schedule is set: an abandoned first epoch goes back here
         self._prepare_schedule(chunk)
         end = chunk["start"] + chunk["epochs"]
-        self._chunk_end = end
-        here = trainer.global_step * trainer.batches_per_epoch + trainer.batch_in_epoch
-        # Changes made mid-chunk before an interruption happen again at the same batch.
-        self._scheduled = sorted((c for c in chunk.get("changes", []) if c["at_batch"] > here),
-                                 key=lambda c: c["at_batch"])
         todo = min(end, stop_at if stop_at is not None else end) - trainer.global_step
         store.journal("chunk_start", step=trainer.global_step, end=end, expr=chunk["expr"])
         if not self.chunks or self.chunks[-1]["start"] != chunk["start"]:
@@ -487,8 +476,9 @@ class RunSession:
         label = chunk["expr"]
         if label == "keep" and trainer.runner is not None:
             label = f"keep ({trainer.runner.spec.text})"
+        # Changes made mid-chunk before an interruption happen again at the same batch.
+        self.live.begin(chunk, trainer.global_step * trainer.batches_per_epoch + trainer.batch_in_epoch)
         self.observer.chunk_started(trainer.global_step, todo, label, trainer.batches_per_epoch)
-        self.running, self.paused = True, False
         try:
             trainer.fit_rec(todo, on_epoch_end=self._epoch_done, on_batch_end=self._batch_boundary,
                             should_stop=self._should_stop)
@@ -516,7 +506,7 @@ class RunSession:
             self.observer.chunk_ended(outcome)
             return outcome
         finally:
-            self._end_controls()
+            self.live.end()
         self.save(keep=True)
         if self.group is not None:
             self._check_replicas()
@@ -560,13 +550,18 @@ class RunSession:
         self._boundary.take(self.trainer)
         self._boundary_chunks = [dict(c) for c in self.chunks]
 
-    # -- live control ------------------------------------------------------------------------------
+    # -- live control (lrctl.live) ---------------------------------------------------------------
     def submit(self, command: dict[str, Any]) -> None:
-        """Queue a control command (from keys or the socket); it is applied at the next batch boundary.
+        """Queue a control command (keys, socket); applied at the next batch boundary (:mod:`lrctl.live`)."""
+        self.live.submit(command)
 
-        ``command``: {"cmd": "lr"|"pause"|"resume"|"stop"|"checkpoint", "value"?, "mode"?, "source"?,
-        "reply"?: a queue that receives the result}."""
-        self.controls.put(command)
+    @property
+    def paused(self) -> bool:
+        return self.live.paused
+
+    @property
+    def running(self) -> bool:
+        return self.live.running
 
     def _check_replicas(self) -> None:
         """After a chunk: every rank's weights must equal rank 0's (journaled, so a test can see it)."""
@@ -583,8 +578,8 @@ class RunSession:
         if self.group is not None:
             self._batch_boundary_shared(batch)
         else:
-            if self._scheduled or not self.controls.empty() or self.paused:
-                self._apply_arrivals(self.trainer.global_step * self.trainer.batches_per_epoch + batch)
+            if self.live.pending_work():
+                self.live.apply_arrivals(self.trainer.global_step * self.trainer.batches_per_epoch + batch)
             self._mid_epoch_save(batch, batches)
         if self.observer.wants_batches:
             self.observer.batch_done(batch, batches)
@@ -613,112 +608,20 @@ class RunSession:
         """Data-parallel: rank 0 applies what arrived and sends the lr changes it made, so every rank
         applies them at this same batch; a Ctrl-C that abandons the epoch is agreed on here too."""
         done = self.trainer.global_step * self.trainer.batches_per_epoch + batch
-        self._apply_arrivals(done)
+        live = self.live
+        live.apply_arrivals(done)
         message = None
-        if self.writes and self._outbox:
-            message = json.dumps(self._outbox).encode()
-            self._outbox = []
+        if self.writes and live.outbox:
+            message = json.dumps(live.outbox).encode()
+            live.outbox = []
         size, abandon = self.group.batch_exchange(len(message) if message else 0, self.stop.abandon)
         if size:
             records = json.loads(self.group.batch_message(message).decode())
             if not self.writes:
                 for record in records:
-                    self._apply(record, done, replaying=True)
+                    live.apply(record, done, replaying=True)
         if abandon:
             raise KeyboardInterrupt
-
-    def _apply_arrivals(self, done: int) -> None:
-        """Recorded changes due by global batch ``done``, then (rank 0) queued commands; hold while paused."""
-        while self._scheduled and self._scheduled[0]["at_batch"] <= done:
-            self._apply(self._scheduled.pop(0), done, replaying=True)
-        if self.writes:
-            self._drain(done, block=False)
-            while self.paused and not self.stop.stop_after_epoch and not self.stop.abandon:
-                self._drain(done, block=True)
-
-    def _drain(self, done: int, block: bool) -> None:
-        while True:
-            try:
-                command = self.controls.get(timeout=0.2) if block else self.controls.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                result = self._apply(command, done)
-            except (ValueError, RunError) as e:
-                result = {"ok": False, "error": str(e)}
-            reply = command.get("reply")
-            if reply is not None:
-                reply.put(result)
-            block = False
-
-    def _end_controls(self) -> None:
-        """The chunk is over: what is still queued cannot be applied to it."""
-        self.running, self.paused = False, False
-        while True:
-            try:
-                command = self.controls.get_nowait()
-            except queue.Empty:
-                return
-            if command.get("reply") is not None:
-                command["reply"].put({"ok": False, "error": "the chunk ended before the command was applied"})
-
-    def _apply(self, command: dict[str, Any], done: int, replaying: bool = False) -> dict[str, Any]:
-        from lrctl.lr_runner import ScheduleRunner
-        from lrctl.schedules import with_base
-
-        trainer, kind = self.trainer, command["cmd"]
-        source = command.get("source", "?")
-        step = trainer.global_step
-        if kind == "lr":
-            spec = parse(command["value"])
-            mode = command.get("mode") or "set"
-            runner = trainer.runner
-            remaining = max(1, self._chunk_end - step)
-            args = (trainer.optimizer, step, remaining, trainer.batches_per_epoch, trainer.metric_mode)
-            if spec.name == "keep":
-                raise ValueError("keep is not a change; give a learning rate or a schedule")
-            if spec.name != "const":
-                mode = "schedule"  # a new schedule starts now, over the rest of the chunk
-                trainer.runner = ScheduleRunner(spec, *args)
-            elif mode == "scale" and runner is not None:
-                runner.apply_scale(spec.args[0] / runner.lr)
-            elif mode == "restart" and runner is not None:
-                trainer.runner = ScheduleRunner(with_base(runner.spec, spec.args[0]), *args)
-            elif mode in ("set", "scale", "restart"):
-                mode = "set"
-                trainer.runner = ScheduleRunner(spec, *args)
-            else:
-                raise ValueError(f"unknown lr mode {mode!r}: use set, scale or restart")
-            record = {"cmd": "lr", "value": spec.text, "mode": mode, "at_batch": done, "source": source}
-            if not replaying and self.group is not None:
-                self._outbox.append(record)
-            if not replaying:
-                self.store.journal("control", durable=True, step=step, **record)
-                pending = self.store.read_pending()
-                if pending is not None and pending.chunks:
-                    pending.chunks[0].setdefault("changes", []).append(record)
-                    self.store.write_pending(pending)
-            self.log_intervention(f"lr -> {spec.text} ({mode}, from {source}) at batch {done}", step)
-            self.observer.message(f"lr -> {spec.text} ({mode}) from {source}, at batch {done}: now {trainer.lr:.6g}")
-            return {"ok": True, "cmd": "lr", "value": spec.text, "mode": mode, "lr": trainer.lr,
-                    "applied_at_batch": done, "global_step": step}
-        if kind in ("pause", "resume"):
-            self.paused = kind == "pause"
-            self.store.journal(kind, step=step, at_batch=done, source=source)
-            self.log_intervention(f"{kind} (from {source}) at batch {done}", step)
-            self.observer.message(f"{'paused' if self.paused else 'continuing'} at epoch {step}, batch {done}"
-                                  + (f" · p (or lrctl send {self.store.name} resume) continues"
-                                     if self.paused and not command.get("brief") else ""))
-        elif kind == "stop":
-            self.request_stop()
-            self.store.journal("stop_requested", step=step, source=source)
-            self.observer.message(f"stopping after epoch {step} (from {source})")
-        elif kind == "checkpoint":
-            self.stop.request("checkpoint")
-            self.observer.message(f"checkpoint at the next batch (from {source})")
-        else:
-            raise ValueError(f"unknown command {kind!r}")
-        return {"ok": True, "cmd": kind, "global_step": step, "paused": self.paused}
 
     def status(self) -> dict[str, Any]:
         """Where the run stands, for ``lrctl send RUN status``."""
@@ -842,82 +745,6 @@ def absolute_chunks(plan: list[tuple[int, str]], start: int) -> list[dict[str, A
         chunks.append({"start": start, "epochs": epochs, "expr": parse(expression).text})
         start += epochs
     return chunks
-
-
-def state_summary(state: dict[str, Any], metric: str) -> dict[str, Any]:
-    """What a person wants to know of a checkpoint: epoch, last metrics, the next lr (``lr``) and the last
-    epoch's (``last_lr``: they differ after a schedule's last epoch, or an lr changed mid-epoch)."""
-    history = state.get("history") or []
-    last = history[-1] if history else None
-    return {"global_step": int(state["global_step"]), "lr": state.get("lr") if last else None, "metric": metric,
-            "last": {"train": last["train"], "test": last["test"]} if last else None,
-            "last_lr": last["lr"] if last else None}
-
-
-def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> int:
-    """``lrctl fork``: copy run ``source`` into new run ``name``, optionally from its kept checkpoint at epoch ``at``.
-
-    TensorBoard shows the new run's own timeline at once (both loaders): the source's later epochs,
-    batch-level scalars included, are purged in the copy. Nothing is left behind when it fails.
-    Returns the new run's global epoch."""
-    import shutil
-
-    from lrctl.tblog import TensorBoardLogger
-    from lrctl.tbplugins import run_layout
-
-    src, dst = RunStore(runs_dir, source), RunStore(runs_dir, name)
-    if not src.exists:
-        raise RunError(f"no run '{source}' in {runs_dir}")
-    if dst.exists or dst.dir.exists():
-        raise RunError(f"run '{name}' exists already; pick another name")
-    src.acquire()
-    try:
-        cfg, _ = _read_frozen_config(src)
-        if at is None:
-            state = src.load_checkpoint().state
-        else:
-            state = src.load_kept(at)  # refuses before anything is copied
-        step = int(state["global_step"])
-        dst.acquire()
-        try:
-            src.copy_to(dst)
-            dst.prune_kept(step)
-            if at is not None:
-                for old in (PREVIOUS_CHECKPOINT_FILE, CHECKPOINT_META_FILE, CHECKPOINT_FILE):
-                    (dst.dir / old).unlink(missing_ok=True)
-                dst.save_checkpoint(state, state_summary(state, cfg.metric))
-            TensorBoardLogger(dst.dir, purge_step=step, layout=run_layout(cfg.metric)).close()
-            batch_dir = dst.dir / BATCH_LOGDIR
-            if batch_dir.is_dir():
-                TensorBoardLogger(batch_dir, purge_step=step * _batches_per_epoch(state, cfg)).close()
-            dst.journal("forked", durable=True, source=source, step=step)
-        except BaseException:
-            dst.close()
-            shutil.rmtree(dst.dir, ignore_errors=True)
-            raise
-        dst.close()
-    finally:
-        src.close()
-    return step
-
-
-def _batches_per_epoch(state: dict[str, Any], cfg: config_mod.RunConfig) -> int:
-    if state.get("batches_per_epoch"):
-        return int(state["batches_per_epoch"])
-    from lrctl.engine import Trainer
-
-    return Trainer(cfg).batches_per_epoch
-
-
-def _read_frozen_config(store: RunStore) -> tuple[config_mod.RunConfig, str]:
-    from lrctl.config import tomllib
-
-    path = store.dir / "config.toml"
-    try:
-        raw = tomllib.loads(store.read_config_text())
-        return config_mod.from_dict(raw, origin=str(path)), str(path)
-    except (OSError, tomllib.TOMLDecodeError, config_mod.ConfigError) as e:
-        raise RunError(f"run '{store.name}': its frozen config {path} cannot be read: {e}") from None
 
 
 def _now() -> str:

@@ -24,14 +24,14 @@ def cmd_find_lr(args: argparse.Namespace) -> int:
     from lrctl.engine import Trainer
     from lrctl.lrfind import log_sweep, range_test
     from lrctl.plots import lr_chart
-    from lrctl.session import _read_frozen_config
+    from lrctl.runops import read_frozen_config
 
     error = find_range_error(args.start, args.end, args.batches)
     if error:
         _say(f"lrctl: find-lr: {error.removeprefix('find ')} (--start, --end, --batches)")
         return 2
     store = _existing(args.runs_dir, args.run)
-    cfg, _ = _read_frozen_config(store)
+    cfg, _ = read_frozen_config(store)
     trainer = Trainer(cfg)
     if store.has_checkpoint():
         trainer.load_state_dict(store.load_checkpoint().state)
@@ -110,7 +110,7 @@ def _log_hparams(group_dir, results, metric: str, seeds: bool) -> None:
 
 
 def cmd_fork(args: argparse.Namespace) -> int:
-    from lrctl.session import fork_run
+    from lrctl.runops import fork_run
 
     step = fork_run(args.runs_dir, args.run, args.new, args.at)
     _say(f"forked run '{args.run}' at epoch {step} into '{args.new}' · continue with: lrctl --run {args.new}")
@@ -118,13 +118,13 @@ def cmd_fork(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lrctl.session import _read_frozen_config
+    from lrctl.runops import read_frozen_config
 
     if args.csv is None and args.model is None:
         _say("lrctl: export needs --csv FILE and/or --model FILE")
         return 2
     store = _existing(args.runs_dir, args.run)
-    cfg, _ = _read_frozen_config(store)
+    cfg, _ = read_frozen_config(store)
     state = store.load_checkpoint().state
     if args.csv is not None:
         with open(args.csv, "w", newline="") as f:

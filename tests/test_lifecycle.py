@@ -447,7 +447,7 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self.session is not None)
     @rule(pick=st.integers(0, 100))
     def fork_at(self, pick: int) -> None:
-        from lrctl.session import fork_run
+        from lrctl.runops import fork_run
 
         self._close()
         kept = RunStore(self.runs, self.name).kept_steps()

@@ -17,9 +17,10 @@ import pytest
 from lrctl import _faults
 from lrctl.cli import main
 from lrctl.config import RunConfig, with_overrides
+from lrctl.runops import fork_run
 from lrctl.runs_table import list_runs
 from lrctl.runstore import CHECKPOINT_FILE, CHECKPOINT_META_FILE, PENDING_FILE, RunError, RunStore
-from lrctl.session import Observer, RunSession, fork_run
+from lrctl.session import Observer, RunSession
 from tests.conftest import assert_states_equal, read_checkpoint
 from tests.test_lifecycle import SimKill, check_tensorboard, simulate_kill, tb_scalars_multiplexer
 

@@ -1,0 +1,98 @@
+"""Operations on whole run directories: the frozen config, a fork (from the latest or a kept checkpoint),
+and the summary of a state that ``lrctl runs``, banners and checksum files show.
+
+:mod:`lrctl.runstore` owns the files of one run and how each is written; this module combines them
+into what a command does to a run as a whole. Nothing here imports torch at module level.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lrctl import config as config_mod
+from lrctl.runstore import (
+    BATCH_LOGDIR,
+    CHECKPOINT_FILE,
+    CHECKPOINT_META_FILE,
+    CONFIG_FILE,
+    PREVIOUS_CHECKPOINT_FILE,
+    RunError,
+    RunStore,
+)
+
+
+def state_summary(state: dict[str, Any], metric: str) -> dict[str, Any]:
+    """What a person wants to know of a checkpoint: epoch, last metrics, the next lr (``lr``) and the last
+    epoch's (``last_lr``: they differ after a schedule's last epoch, or an lr changed mid-epoch)."""
+    history = state.get("history") or []
+    last = history[-1] if history else None
+    return {"global_step": int(state["global_step"]), "lr": state.get("lr") if last else None, "metric": metric,
+            "last": {"train": last["train"], "test": last["test"]} if last else None,
+            "last_lr": last["lr"] if last else None}
+
+
+def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> int:
+    """``lrctl fork``: copy run ``source`` into new run ``name``, optionally from its kept checkpoint at epoch ``at``.
+
+    TensorBoard shows the new run's own timeline at once (both loaders): the source's later epochs,
+    batch-level scalars included, are purged in the copy. Nothing is left behind when it fails.
+    Returns the new run's global epoch."""
+    import shutil
+
+    from lrctl.tblog import TensorBoardLogger
+    from lrctl.tbplugins import run_layout
+
+    src, dst = RunStore(runs_dir, source), RunStore(runs_dir, name)
+    if not src.exists:
+        raise RunError(f"no run '{source}' in {runs_dir}")
+    if dst.exists or dst.dir.exists():
+        raise RunError(f"run '{name}' exists already; pick another name")
+    src.acquire()
+    try:
+        cfg, _ = read_frozen_config(src)
+        if at is None:
+            state = src.load_checkpoint().state
+        else:
+            state = src.load_kept(at)  # refuses before anything is copied
+        step = int(state["global_step"])
+        dst.acquire()
+        try:
+            src.copy_to(dst)
+            dst.prune_kept(step)
+            if at is not None:
+                for old in (PREVIOUS_CHECKPOINT_FILE, CHECKPOINT_META_FILE, CHECKPOINT_FILE):
+                    (dst.dir / old).unlink(missing_ok=True)
+                dst.save_checkpoint(state, state_summary(state, cfg.metric))
+            TensorBoardLogger(dst.dir, purge_step=step, layout=run_layout(cfg.metric)).close()
+            batch_dir = dst.dir / BATCH_LOGDIR
+            if batch_dir.is_dir():
+                TensorBoardLogger(batch_dir, purge_step=step * _batches_per_epoch(state, cfg)).close()
+            dst.journal("forked", durable=True, source=source, step=step)
+        except BaseException:
+            dst.close()
+            shutil.rmtree(dst.dir, ignore_errors=True)
+            raise
+        dst.close()
+    finally:
+        src.close()
+    return step
+
+
+def _batches_per_epoch(state: dict[str, Any], cfg: config_mod.RunConfig) -> int:
+    if state.get("batches_per_epoch"):
+        return int(state["batches_per_epoch"])
+    from lrctl.engine import Trainer
+
+    return Trainer(cfg).batches_per_epoch
+
+
+def read_frozen_config(store: RunStore) -> tuple[config_mod.RunConfig, str]:
+    from lrctl.config import tomllib
+
+    path = store.dir / CONFIG_FILE
+    try:
+        raw = tomllib.loads(store.read_config_text())
+        return config_mod.from_dict(raw, origin=str(path)), str(path)
+    except (OSError, tomllib.TOMLDecodeError, config_mod.ConfigError) as e:
+        raise RunError(f"run '{store.name}': its frozen config {path} cannot be read: {e}") from None
