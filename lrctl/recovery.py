@@ -8,7 +8,8 @@ mid-chunk lr changes, abandoned epochs, dropped work). When the journal shows so
 be redone exactly from there (an undo, a fork, a config change after that checkpoint), nothing is
 guessed: the work is dropped and the message names it.
 
-Pure functions over plain data: no torch, no files.
+:func:`restore` loads a run's checkpoint into a trainer and settles all of that; :func:`recover` is
+the decision itself, a pure function over plain data.
 """
 
 from __future__ import annotations
@@ -17,10 +18,82 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from lrctl.runstore import Pending
+from lrctl.runstore import CHECKPOINT_FILE, LoadedCheckpoint, Pending, RunStore
 
 # Journal events after which the run's timeline cannot be rebuilt from an older checkpoint.
 _UNREPLAYABLE = {"undo": "an undo", "fork": "a fork", "forked": "a fork", "config_changed": "a config change"}
+
+
+@dataclass
+class Restored:
+    """What :func:`restore` found: the chunks the checkpoint records, what to tell the user, and
+    whether to write a checkpoint at once (``heal``; ``keep_again``: also as this epoch's kept one)."""
+
+    chunks: list[dict[str, Any]]
+    warnings: list[str]
+    heal: bool
+    keep_again: bool
+
+
+def restore(store: RunStore, trainer: Any) -> Restored | None:
+    """Load the latest good checkpoint into ``trainer`` (None: the run has none yet), falling back over
+    damaged files; settle the pending work and the kept checkpoints to the epoch that loaded."""
+    if not store.has_checkpoint():
+        return None
+    meta_problem = store.meta_problem()
+    latest_summary = store.read_meta().get("summary") or {}
+    loaded = store.load_checkpoint()
+    warnings = list(loaded.warnings)
+    trainer.load_state_dict(loaded.state)
+    step = trainer.global_step
+    is_latest = loaded.path.name == CHECKPOINT_FILE
+    previous_problem = store.previous_problem() if is_latest else None
+    if previous_problem:  # the fallback is gone: make a new one now, while the latest is good
+        warnings.append(f"{previous_problem}; the fallback checkpoint was written anew")
+    if meta_problem:
+        warnings.append(f"{meta_problem}; loaded {loaded.path.name} at epoch {step} unverified, "
+                        "and wrote a new checksum file")
+    fallback_from = None if is_latest else int(latest_summary.get("global_step", _last_saved_step(store)))
+    pending_changed = _settle_pending(store, loaded, trainer, fallback_from, warnings)
+    torn: list[int] = []
+    if fallback_from is not None:
+        pruned = store.prune_kept(step)
+        if pruned:
+            warnings.append(f"kept checkpoints of lost epochs removed: {pruned}")
+        # A damaged latest file damages the kept files that are hard links of it: drop them.
+        torn = store.drop_kept_linked_to(CHECKPOINT_FILE)
+        if torn:
+            warnings.append(f"kept checkpoints damaged with {CHECKPOINT_FILE} removed: {torn}")
+    heal = bool(loaded.warnings or meta_problem or previous_problem or pending_changed)
+    return Restored(list(loaded.state.get("chunks") or []), warnings, heal, step in torn)
+
+
+def _last_saved_step(store: RunStore) -> int:
+    steps = [e["step"] for e in store.read_journal() if e.get("event") == "saved"]
+    return int(steps[-1]) if steps else 0
+
+
+def _settle_pending(store: RunStore, loaded: LoadedCheckpoint, trainer: Any, fallback_from: int | None,
+                    warnings: list[str]) -> bool:
+    """The pending work after a damaged file (see :func:`recover`). Returns whether anything was wrong."""
+    problem = store.pending_problem()
+    if fallback_from is None and problem is None:
+        return False
+    events = store.read_journal()
+    after = None
+    for i in range(len(events) - 1, -1, -1):
+        if events[i].get("event") == "saved" and events[i].get("sha") == loaded.sha:
+            after = events[i + 1:]
+            break
+    result = recover(loaded_step=trainer.global_step, batches_per_epoch=trainer.batches_per_epoch,
+                     fallback_from=fallback_from, file_pending=store.read_pending(), file_problem=problem,
+                     snapshot=loaded.state.get("pending"), events_after_save=after)
+    warnings += result.messages
+    if result.rewritten:
+        store.write_pending(result.pending)
+        store.journal("pending_recovered", durable=True, step=trainer.global_step,
+                      chunks=result.pending.chunks if result.pending else None, why=result.messages)
+    return True
 
 
 @dataclass

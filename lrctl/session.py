@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from lrctl import config as config_mod
 from lrctl.live import LiveControl
+from lrctl.recovery import restore
 from lrctl.runops import read_frozen_config, state_summary
 from lrctl.runstore import (
     BATCH_LOGDIR,
-    CHECKPOINT_FILE,
     DEFAULT_KEEP,
     EVENTS_PREFIX,
     Pending,
@@ -223,33 +223,11 @@ class RunSession:
         from lrctl.tbplugins import run_layout
 
         had_events = any(p.name.startswith(EVENTS_PREFIX) for p in self.store.dir.iterdir())
-        heal, torn = False, []
-        if self.store.has_checkpoint():
-            meta_problem = self.store.meta_problem()
-            latest_summary = self.store.read_meta().get("summary") or {}
-            loaded = self.store.load_checkpoint()
-            self.load_warnings += loaded.warnings
-            trainer.load_state_dict(loaded.state)
-            self.chunks = list(loaded.state.get("chunks") or [])
+        opened = restore(self.store, trainer)  # the latest good checkpoint; damage reported and settled
+        if opened is not None:
+            self.load_warnings += opened.warnings
+            self.chunks = list(opened.chunks)
             self.saved_step = trainer.global_step
-            previous_problem = self.store.previous_problem() if loaded.path.name == CHECKPOINT_FILE else None
-            if previous_problem:  # the fallback is gone: make a new one now, while the latest is good
-                self.load_warnings.append(f"{previous_problem}; the fallback checkpoint was written anew")
-            heal = bool(loaded.warnings or meta_problem or previous_problem)
-            if meta_problem:
-                self.load_warnings.append(meta_problem + f"; loaded {loaded.path.name} at epoch "
-                                          f"{trainer.global_step} unverified, and wrote a new checksum file")
-            fallback_from = None
-            if loaded.path.name != CHECKPOINT_FILE:
-                fallback_from = int(latest_summary.get("global_step", self._journal_last_saved_step()))
-            heal = self._recover_pending(loaded, trainer, fallback_from) or heal
-            pruned = self.store.prune_kept(trainer.global_step) if fallback_from is not None else []
-            if pruned:
-                self.load_warnings.append(f"kept checkpoints of lost epochs removed: {pruned}")
-            # A damaged latest file damages the kept files that are hard links of it: drop them.
-            torn = self.store.drop_kept_linked_to(CHECKPOINT_FILE) if loaded.path.name != CHECKPOINT_FILE else []
-            if torn:
-                self.load_warnings.append(f"kept checkpoints damaged with {CHECKPOINT_FILE} removed: {torn}")
         self.trainer = trainer
         self._opened_step = trainer.global_step
         # Steps after the checkpoint (a crash, a kill) are hidden now and rewritten identically.
@@ -260,36 +238,9 @@ class RunSession:
             # run has two good checkpoint files (two inodes; kept/ files are hard links) from the start.
             self.save()
             self.save(keep=True)
-        elif heal:
+        elif opened is not None and opened.heal:
             # two good checkpoints and a checksum file again, before anything else happens
-            self.save(keep=trainer.global_step in torn)
-
-    def _journal_last_saved_step(self) -> int:
-        steps = [e["step"] for e in self.store.read_journal() if e.get("event") == "saved"]
-        return int(steps[-1]) if steps else 0
-
-    def _recover_pending(self, loaded, trainer: Trainer, fallback_from: int | None) -> bool:
-        """Settle the pending work after a damaged file (see :mod:`lrctl.recovery`). Returns whether to save."""
-        from lrctl.recovery import recover
-
-        problem = self.store.pending_problem()
-        if fallback_from is None and problem is None:
-            return False
-        events = self.store.read_journal()
-        after = None
-        for i in range(len(events) - 1, -1, -1):
-            if events[i].get("event") == "saved" and events[i].get("sha") == loaded.sha:
-                after = events[i + 1:]
-                break
-        result = recover(loaded_step=trainer.global_step, batches_per_epoch=trainer.batches_per_epoch,
-                         fallback_from=fallback_from, file_pending=self.store.read_pending(), file_problem=problem,
-                         snapshot=loaded.state.get("pending"), events_after_save=after)
-        self.load_warnings += result.messages
-        if result.rewritten:
-            self.store.write_pending(result.pending)
-            self.store.journal("pending_recovered", durable=True, step=trainer.global_step,
-                               chunks=result.pending.chunks if result.pending else None, why=result.messages)
-        return True
+            self.save(keep=opened.keep_again)
 
     # -- state ---------------------------------------------------------------------------------
     @property
