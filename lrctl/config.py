@@ -446,3 +446,17 @@ def with_runtime_of(frozen: RunConfig, given: RunConfig) -> RunConfig:
     """``frozen`` with ``given``'s runtime settings (device, threads)."""
     train = dataclasses.replace(frozen.train, **{k: getattr(given.train, k) for s, k in RUNTIME_KEYS})
     return dataclasses.replace(frozen, train=train)
+
+
+DEFAULT_CONFIG = Path("configs/lesson.toml")
+
+
+def load_config(path: Path | None, assignments: list[str]) -> tuple[RunConfig, str]:
+    """``--config`` (default configs/lesson.toml, else the built-in lesson) with ``--set`` applied."""
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    cfg, origin = load(path)
+    if assignments:
+        cfg = with_overrides(cfg, assignments)
+        origin += " with --set " + " ".join(assignments)
+    return cfg, origin

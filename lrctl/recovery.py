@@ -18,7 +18,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from lrctl.runstore import CHECKPOINT_FILE, LoadedCheckpoint, Pending, RunStore
+from lrctl.runstore import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, LoadedCheckpoint, Pending, RunStore
 
 # Journal events after which the run's timeline cannot be rebuilt from an older checkpoint.
 _UNREPLAYABLE = {"undo": "an undo", "fork": "a fork", "forked": "a fork", "config_changed": "a config change"}
@@ -60,10 +60,13 @@ def restore(store: RunStore, trainer: Any) -> Restored | None:
         pruned = store.prune_kept(step)
         if pruned:
             warnings.append(f"kept checkpoints of lost epochs removed: {pruned}")
-        # A damaged latest file damages the kept files that are hard links of it: drop them.
-        torn = store.drop_kept_linked_to(CHECKPOINT_FILE)
-        if torn:
-            warnings.append(f"kept checkpoints damaged with {CHECKPOINT_FILE} removed: {torn}")
+    # A damaged checkpoint file damages the kept files that are hard links of it: drop them.
+    for name, damaged in ((CHECKPOINT_FILE, not is_latest), (PREVIOUS_CHECKPOINT_FILE, bool(previous_problem))):
+        dropped = store.drop_kept_linked_to(name) if damaged else []
+        if dropped:
+            warnings.append(f"kept checkpoints damaged with {name} removed (undo and fork --at cannot use "
+                            f"them): {dropped}")
+        torn += dropped
     heal = bool(loaded.warnings or meta_problem or previous_problem or pending_changed)
     return Restored(list(loaded.state.get("chunks") or []), warnings, heal, step in torn)
 

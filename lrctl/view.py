@@ -188,12 +188,13 @@ class View(Observer):
         elif outcome.status == "stopped":
             self.say(f"stopped at epoch {outcome.step} ({outcome.detail}); saved")
         elif outcome.status == "abandoned":
-            self.warn(f"abandoned the running epoch; back to the last saved state at epoch {outcome.step} "
-                      f"({outcome.dropped} epoch{'s' if outcome.dropped != 1 else ''} dropped, "
-                      "they will be rewritten)")
+            dropped = (f"{outcome.dropped} finished epoch{'s' if outcome.dropped != 1 else ''} dropped, rewritten "
+                       "when trained again" if outcome.dropped else "no finished epoch dropped")
+            self.warn(f"abandoned epoch {outcome.step}: back to where it began ({dropped}"
+                      + (f"; {outcome.detail}" if outcome.detail else "") + ")")
         elif outcome.status == "diverged":
             self.error(f"diverged: {outcome.detail}; rolled back to epoch {outcome.step}, the last finite "
-                       f"checkpoint ({outcome.dropped} epoch{'s' if outcome.dropped != 1 else ''} dropped). "
+                       f"state (that epoch dropped, the rest of the command too). "
                        "Try a smaller learning rate than "
                        f"{fmt_lr(outcome.lr)}.")
 

@@ -148,7 +148,7 @@ def test_every_option_of_every_command_has_a_help_string():
 @pytest.mark.parametrize("command,expected", [
     ("send", ["status", "lr VALUE [set|scale|restart]", "pause, resume", "checkpoint"]),
     ("schedule", ["exp 0.05 gamma=0.95", "cos 0.03 min=0.0001", "power 0.03 s=10 c=1", "warmup=5"]),
-    ("find-lr", ["the sweep's first lr", "the sweep's last lr", "batches in the sweep"]),
+    ("find-lr", ["the sweep's first lr", "the sweep's last lr", "steps in the sweep"]),
     ("tb", ["--port PORT", "Flags after -- go to", "scalars=1000000"]),
     ("export", ["one row per epoch"]),
 ])
@@ -169,7 +169,7 @@ def test_ctrl_c_at_the_first_prompt_says_at_once_why_it_waits(tmp_path, monkeypa
     import sys
     import threading
 
-    from lrctl import cli
+    from lrctl import app
     from lrctl.config import RunConfig
     from lrctl.session import RunSession
     from lrctl.view import View
@@ -182,7 +182,7 @@ def test_ctrl_c_at_the_first_prompt_says_at_once_why_it_waits(tmp_path, monkeypa
                 loaded.set()  # torch "finishes" only once the line is out: the line came first
             return super().write(text)
 
-    class SlowLoader(cli._Loader):
+    class SlowLoader(app._Loader):
         def _run(self):
             if not loaded.wait(timeout=60):
                 self.error = AssertionError("nothing said while waiting for torch")
@@ -196,7 +196,7 @@ def test_ctrl_c_at_the_first_prompt_says_at_once_why_it_waits(tmp_path, monkeypa
     view = View(file=screen, interactive=False)
     session = RunSession.open(tmp_path, "r", RunConfig(), observer=view)
     try:
-        assert cli._run_repl([session, None], SlowLoader(session), view, False, None) == (0, "interrupt")
+        assert app._run_repl([session, None], SlowLoader(session), view, False, None) == (0, "interrupt")
     finally:
         session.store.close()
     assert "saving run 'r' once PyTorch has finished loading" in screen.getvalue()
