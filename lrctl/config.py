@@ -83,7 +83,10 @@ class TrainConfig:
                            " | l1 | huber")
     metric: str = _f("auto", "auto (mse for regression, accuracy for classification) | mse | accuracy | mae")
     batch_size: int = _f(50, "examples per optimizer step")
-    shuffle_seed: int = _f(0, "the order of epoch e's batches is a pure function of (shuffle_seed, e)")
+    order: str = _f("lesson", "lesson (the order DataLoader(shuffle=True) draws from the global torch RNG after "
+                              "the model is built: the lesson's numbers) | seeded (a pure function of "
+                              "(shuffle_seed, epoch))")
+    shuffle_seed: int = _f(0, "order = seeded: the order of epoch e's batches is a pure function of (shuffle_seed, e)")
     threads: int = _f(0, "torch CPU threads; 0 = auto (1 for small models, where one thread is fastest)")
     device: str = _f("cpu", "cpu | cuda | cuda:N | auto (cuda when available)")
     checkpoint_every: int = _f(0, "also checkpoint every N epochs (0: only --save-every seconds, chunk ends, exit)")
@@ -148,6 +151,7 @@ _CHOICES = {
     ("model", "activation"): {"tanh", "relu", "sigmoid", "gelu", "identity"},
     ("model", "batch_norm"): {"pre", "post", "none"},
     ("train", "optimizer"): {"sgd", "adam", "adamw", "rmsprop"},
+    ("train", "order"): {"lesson", "seeded"},
     ("train", "loss"): {"auto", "mse", "cross-entropy", "bce", "l1", "huber"},
     ("train", "metric"): {"auto", "mse", "accuracy", "mae"},
 }

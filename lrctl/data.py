@@ -2,9 +2,10 @@
 
 In-memory data lives on the training device as tensors and is sliced, never fed through a
 DataLoader. A factory may instead return ``torch.utils.data.Dataset`` objects that are not plain
-tensor sets; those go through a DataLoader with workers. The order of epoch ``e``'s examples is a
-pure function of ``(shuffle_seed, e)`` either way, so an epoch recomputed after a crash sees exactly
-the same batches, and a distributed rank can take a disjoint share of them.
+tensor sets; those go through a DataLoader with workers. Epoch ``e``'s order of the examples is
+either the one the lesson's ``DataLoader(shuffle=True)`` draws (a stream whose state is checkpointed)
+or a pure function of ``(shuffle_seed, e)`` (:class:`EpochOrders`); either way an epoch recomputed
+after a crash sees exactly the same batches, and a distributed rank can take a disjoint share of them.
 """
 
 from __future__ import annotations
@@ -228,11 +229,65 @@ def build_split(cfg: RunConfig) -> Split:
 
 
 def epoch_order(n: int, shuffle_seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The permutation of ``n`` training rows used in global epoch ``epoch``."""
+    """The permutation of ``n`` training rows used in global epoch ``epoch`` (``train.order = "seeded"``)."""
     import torch
 
     generator = torch.Generator().manual_seed((shuffle_seed * 1_000_003 + epoch) % (2**63))
     return torch.randperm(n, generator=generator).to(device)
+
+
+def loader_order(n: int, generator: torch.Generator) -> torch.Tensor:
+    """The permutation one pass of ``DataLoader(train, batch_size, shuffle=True)`` takes (``train.order = "lesson"``).
+
+    ``generator`` stands in for the global torch RNG the loader draws from, and is advanced exactly as
+    that RNG is: creating the loader's iterator draws its workers' base seed, then its RandomSampler
+    draws the seed of a fresh generator that makes the permutation (torch/utils/data/dataloader.py,
+    ``_BaseDataLoaderIter.__init__``; sampler.py, ``RandomSampler.__iter__``). The result equals,
+    bit for bit, the batches of the lesson's loop on the installed torch.
+    """
+    import torch
+
+    torch.empty((), dtype=torch.int64).random_(generator=generator)  # the iterator's base seed
+    seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())  # the sampler's
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+ORDERS = ("lesson", "seeded")
+
+
+class EpochOrders:
+    """Each epoch's order of the training rows, as ``train.order`` says.
+
+    ``lesson``: the order a ``DataLoader(shuffle=True)`` draws from the global torch RNG, starting
+    from the RNG's state when this object is made (the engine makes it right after building the
+    model, where the lesson's loop starts). The stream's state is part of the engine's checkpoint,
+    so resume, undo, fork, replay and every torchrun rank continue it exactly; it is a private
+    generator, so nothing else that draws random numbers in the process moves it.
+    ``seeded``: a pure function of ``(shuffle_seed, epoch)`` (:func:`epoch_order`), independent of
+    the model and of everything before the epoch.
+    """
+
+    def __init__(self, kind: str, n: int, shuffle_seed: int) -> None:
+        import torch
+
+        self.kind, self.n, self.shuffle_seed = kind, n, shuffle_seed
+        self.generator: torch.Generator | None = None
+        if kind == "lesson":
+            self.generator = torch.Generator()
+            self.generator.set_state(torch.get_rng_state())
+
+    def draw(self, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Epoch ``epoch``'s permutation (``lesson``: the next one of the stream; call once per epoch)."""
+        if self.generator is None:
+            return epoch_order(self.n, self.shuffle_seed, epoch, device)
+        return loader_order(self.n, self.generator).to(device)
+
+    def state(self) -> torch.Tensor | None:
+        return self.generator.get_state() if self.generator is not None else None
+
+    def load_state(self, state: torch.Tensor | None) -> None:
+        if self.generator is not None and state is not None:
+            self.generator.set_state(state)
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:

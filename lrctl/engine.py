@@ -104,6 +104,9 @@ class Trainer:
         self.device = resolve_device(device or cfg.train.device)
         split = data_mod.build_split(cfg)
         self.model = build_model(cfg, split.in_features, split.out_features(cfg)).to(self.device)
+        # Made here, right after the model: the lesson's loop starts drawing batch orders from this RNG state.
+        self.orders = data_mod.EpochOrders(cfg.train.order, split.n_train, cfg.train.shuffle_seed)
+        self._order: tuple[int, torch.Tensor] | None = None  # (global step, that epoch's order)
         self.split = split.to(self.device)
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         threads = cfg.train.threads or (1 if self.n_params < SMALL_MODEL_PARAMS else torch.get_num_threads())
@@ -193,8 +196,7 @@ class Trainer:
     # -- training ----------------------------------------------------------------------------
     def _batches(self):
         """This epoch's (x, y) batches: slices of one gathered copy, or a DataLoader over a Dataset."""
-        order = data_mod.epoch_order(self.split.n_train, self.cfg.train.shuffle_seed, self.global_step,
-                                     self.device if self._loaders is None else "cpu")
+        order = self._epoch_order()
         if self._loaders is not None:
             return self._loaders.train(order)
         if self._positions is not None:  # data-parallel: this rank's rows of every batch
@@ -204,6 +206,13 @@ class Trainer:
         xs, ys = self.split.x_train[order], self.split.y_train[order]  # one gather, then contiguous slices
         bs = self.batch_size
         return ((xs[b * bs:(b + 1) * bs], ys[b * bs:(b + 1) * bs]) for b in range(self.batches_per_epoch))
+
+    def _epoch_order(self) -> torch.Tensor:
+        """This epoch's row order, drawn once per epoch (the lesson's order is a stream: drawing advances it)."""
+        if self._order is None or self._order[0] != self.global_step:
+            order = self.orders.draw(self.global_step, self.device if self._loaders is None else "cpu")
+            self._order = (self.global_step, order)
+        return self._order[1]
 
     def _run_batches(self, on_batch_end: Callable[[int, int], None] | None) -> list[float] | None:
         """One epoch of optimizer steps. No host syncs in here (tests enforce it)."""
@@ -298,6 +307,7 @@ class Trainer:
             started = time.perf_counter()
             lr = self.lr
             self.torn = True
+            self._epoch_order()  # drawn before the batch loop: the lesson's order reads its seed on the host
             batch_lrs = self._run_batches(on_batch_end)
             if self.group is not None and self._has_buffers:
                 self.group.broadcast_buffers(self.model)
@@ -324,6 +334,8 @@ class Trainer:
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.orders.generator is not None:
+            rng["order"] = self.orders.state()
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.runner.state_dict() if self.runner is not None else None,
                 "global_step": self.global_step, "rng": rng, "history": list(self.history), "lr": self.lr}
@@ -338,6 +350,8 @@ class Trainer:
         self.torn = False
         self.history = list(state.get("history", []))
         torch.set_rng_state(state["rng"]["torch"])
+        self.orders.load_state(state["rng"].get("order"))
+        self._order = None
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
