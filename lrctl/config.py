@@ -37,13 +37,16 @@ def _f(default: Any, help: str) -> Any:
 class DataConfig:
     """Where the examples come from and how they are split."""
 
-    source: str = _f("lesson-regression", "lesson-regression | lesson-classification | csv | factory")
+    source: str = _f("lesson-regression", "lesson-regression | lesson-classification | csv | factory | python "
+                                          "(objects given to lrctl.Run)")
     task: str = _f("auto", "regression | classification; auto = from the lesson source (csv/factory: regression)")
     path: str = _f("", "csv: the file (relative paths are relative to the config file)")
     target: str = _f("", "csv: the target column name(s), comma-separated; the other columns are features")
     standardize: bool = _f(True, "csv: scale features to mean 0, std 1 using the training split's statistics")
     factory: str = _f("", "factory: 'package.module:function' returning (x_train, y_train, x_test, y_test) "
                           "tensors or (train, test) Datasets")
+    fingerprint: str = _f("", "python: the shapes and checksum of the data given to lrctl.Run; reopening the run "
+                              "needs the same data")
     seed: int = _f(420, "global torch seed set right before generating the data and the split")
     rows: int = _f(1000, "regression: number of examples")
     weights: tuple[float, ...] = _f((2.0, -1.0, 3.0, 1.0, 2.0), "regression: true weights, one per feature")
@@ -61,9 +64,12 @@ class DataConfig:
 class ModelConfig:
     """The network: the built-in MLP."""
 
-    kind: str = _f("mlp", "mlp (the built-in multi-layer perceptron) | factory")
+    kind: str = _f("mlp", "mlp (the built-in multi-layer perceptron) | factory | python (a model object given "
+                          "to lrctl.Run)")
     factory: str = _f("", "factory: 'package.module:function' returning an nn.Module; it may take "
                           "in_features= and out_features=")
+    fingerprint: str = _f("", "python: the class and parameter shapes of the model given to lrctl.Run; reopening "
+                              "the run needs the same shapes")
     hidden: tuple[int, ...] = _f((4, 4), "hidden layer widths")
     activation: str = _f("tanh", "tanh | relu | sigmoid | gelu | identity")
     batch_norm: str = _f("pre", "pre (BN before the activation) | post (after it) | none")
@@ -133,8 +139,11 @@ class RunConfig:
             source = d.source.replace("lesson-", "lesson ")
         else:
             n_in, n_out = "in", "out"
-            source = f"{d.source} {Path(d.path).name if d.source == 'csv' else d.factory} ({self.task})"
-        if m.kind == "factory":
+            what = {"csv": Path(d.path).name, "python": "data"}.get(d.source, d.factory)
+            source = f"{d.source} {what} ({self.task})"
+        if m.kind == "python":
+            model = f"model {m.fingerprint.split(',')[0]} (Python)"
+        elif m.kind == "factory":
             model = f"model {m.factory}"
         else:
             sizes = "-".join(str(s) for s in (n_in, *m.hidden, n_out))
@@ -145,9 +154,9 @@ class RunConfig:
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 _CHOICES = {
-    ("data", "source"): {"lesson-regression", "lesson-classification", "csv", "factory"},
+    ("data", "source"): {"lesson-regression", "lesson-classification", "csv", "factory", "python"},
     ("data", "task"): {"auto", "regression", "classification"},
-    ("model", "kind"): {"mlp", "factory"},
+    ("model", "kind"): {"mlp", "factory", "python"},
     ("model", "activation"): {"tanh", "relu", "sigmoid", "gelu", "identity"},
     ("model", "batch_norm"): {"pre", "post", "none"},
     ("train", "optimizer"): {"sgd", "adam", "adamw", "rmsprop"},
@@ -200,6 +209,23 @@ def validate(cfg: RunConfig) -> list[str]:
     if m.kind == "factory" and ":" not in m.factory:
         problems.append("model.factory: a factory model needs factory = \"package.module:function\"")
     return problems
+
+
+def python_objects(cfg: RunConfig) -> list[str]:
+    """What of the run only the Python process that made it can give back: data and/or a model object."""
+    objects = ["data"] if cfg.data.source == "python" else []
+    return objects + (["a model object"] if cfg.model.kind == "python" else [])
+
+
+def rebuild_problem(cfg: RunConfig, name: str) -> str | None:
+    """Why the command line cannot rebuild run ``name`` (None when it can): it was made from Python objects."""
+    objects = python_objects(cfg)
+    if not objects:
+        return None
+    return (f"run '{name}' was made in Python with {' and '.join(objects)} given to lrctl.Run, which the command "
+            f"line cannot rebuild; continue it from Python: lrctl.Run({name!r}, model=..., data=...) with the same "
+            "model and data (or make such runs from factories, e.g. data='my_module:make_data', "
+            "model='my_module:make_model', and the command line can resume them)")
 
 
 def _coerce(section: str, key: str, value: Any, default: Any) -> tuple[Any, str | None]:

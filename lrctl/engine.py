@@ -97,13 +97,18 @@ class Trainer:
     Args:
         cfg: the run's config (data, model, optimizer, batching, device, threads).
         device: overrides ``cfg.train.device``.
+        model: a model object to train instead of building the configured one (``lrctl.Run``).
+        split: data to train on instead of building the configured data (``lrctl.Run``).
     """
 
-    def __init__(self, cfg: RunConfig, device: str | None = None) -> None:
+    def __init__(self, cfg: RunConfig, device: str | None = None, *, model: nn.Module | None = None,
+                 split: data_mod.Split | None = None) -> None:
         self.cfg = cfg
         self.device = resolve_device(device or cfg.train.device)
-        split = data_mod.build_split(cfg)
-        self.model = build_model(cfg, split.in_features, split.out_features(cfg)).to(self.device)
+        split = split if split is not None else data_mod.build_split(cfg)
+        if model is None:
+            model = build_model(cfg, split.in_features, split.out_features(cfg))
+        self.model = model.to(self.device)
         # Made here, right after the model: the lesson's loop starts drawing batch orders from this RNG state.
         self.orders = data_mod.EpochOrders(cfg.train.order, split.n_train, cfg.train.shuffle_seed)
         self._order: tuple[int, torch.Tensor] | None = None  # (global step, that epoch's order)
