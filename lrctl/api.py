@@ -238,6 +238,10 @@ class Run:
             session.load(trainer)
         except BaseException:
             session.store.close()
+            if session.is_new:  # never loaded, nothing trained: leave no run behind
+                import shutil
+
+                shutil.rmtree(session.store.dir, ignore_errors=True)
             raise
         self._session: RunSession | None = session
         _OPEN[session.store.dir.resolve()] = self

@@ -86,3 +86,14 @@ def test_compare_with_no_arguments_prints_the_lessons_numbers(tmp_path, capsys, 
         # the row compare prints, with the lesson's own final and best numbers
         row = f"{text:<32} {train_l[-1]:>16.5g} {test_l[-1]:>16.5g} {min(test_l):>16.5g} {0.0:>9.3g}"
         assert row in out.splitlines(), row
+
+
+def test_a_run_frozen_before_train_order_existed_keeps_the_seeded_order(tmp_path):
+    from lrctl.runstore import RunStore
+    from lrctl.session import _read_frozen_config
+
+    session = RunSession.open(tmp_path, "old", RunConfig())
+    session.store.close()
+    path = tmp_path / "old" / "config.toml"
+    path.write_text("".join(line for line in path.read_text().splitlines(True) if not line.startswith("order =")))
+    assert _read_frozen_config(RunStore(tmp_path, "old"))[0].train.order == "seeded"
