@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -175,6 +176,8 @@ def test_a_second_run_object_for_the_same_run_takes_it_over(tmp_path):
 def test_interrupt_stops_after_the_epoch_and_twice_abandons(tmp_path):
     """SIGINT, as a Jupyter kernel's interrupt button sends it: once stops after the epoch (kept, the rest
     pending), twice abandons the epoch (back to the last checkpoint)."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
     run = lrctl.Run("int", runs_dir=tmp_path, save_every=1e9)
     view = run.view
     view.wants_batches = True
