@@ -175,26 +175,31 @@ def test_a_second_run_object_for_the_same_run_takes_it_over(tmp_path):
 
 def test_interrupt_stops_after_the_epoch_and_twice_abandons(tmp_path):
     """SIGINT, as a Jupyter kernel's interrupt button sends it: once stops after the epoch (kept, the rest
-    pending), twice abandons the epoch (back to the last checkpoint)."""
+    pending: a new Run finishes it, bit-identical to a chunk never stopped), twice abandons the epoch."""
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers need the main thread")
-    run = lrctl.Run("int", runs_dir=tmp_path, save_every=1e9)
-    view = run.view
-    view.wants_batches = True
-    plan = {}
+    plan: dict = {}
 
-    def batch_done(batch, batches):
-        if (run._session.trainer.global_step, batch) in plan:
-            for _ in range(plan[(run._session.trainer.global_step, batch)]):
+    def interrupting(run):
+        def batch_done(batch, batches):
+            for _ in range(plan.get((run.step, batch), 0)):
                 os.kill(os.getpid(), signal.SIGINT)
 
-    view.batch_done = batch_done
+        run.view.wants_batches, run.view.batch_done = True, batch_done
+        return run
+
+    run = interrupting(lrctl.Run("int", runs_dir=tmp_path, save_every=1e9))
     plan[(2, 5)] = 1
     stopped = run.fit(10, 0.03)
     assert (stopped.status, run.step) == ("stopped", 3)
-    plan.clear()
-    plan[(4, 5)] = 2
+    run.close()
+    run = interrupting(lrctl.Run("int", runs_dir=tmp_path, save_every=1e9))
+    assert run.finish().status == "done" and run.step == 10
+    with lrctl.Run("ref", runs_dir=tmp_path) as ref:
+        ref.fit(10, 0.03)
+    assert_states_equal(*(read_checkpoint(tmp_path / n / "checkpoint.pt") for n in ("int", "ref")))
+    plan[(12, 5)] = 2
     abandoned = run.fit(10, 0.03)
-    assert abandoned.status == "abandoned" and run.step == 3  # back to the chunk start: epoch 3 done, then dropped
+    assert (abandoned.status, run.step) == ("abandoned", 10)  # back to the checkpoint at the chunk's start
     assert run.fit(1, 0.03).status == "done"
     run.close()
