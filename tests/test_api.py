@@ -202,3 +202,15 @@ def test_interrupt_stops_after_the_epoch_and_twice_abandons(tmp_path):
     assert (abandoned.status, run.step) == ("abandoned", 10)  # back to the checkpoint at the chunk's start
     assert run.fit(1, 0.03).status == "done"
     run.close()
+
+
+def test_config_file_overrides_and_settings_are_frozen_and_kept_on_reopen(tmp_path):
+    with lrctl.Run("c", config=REPO / "configs" / "lesson.toml", overrides=["train.batch_size=25"], order="seeded",
+                   runs_dir=tmp_path) as run:
+        assert run._session.trainer.batches_per_epoch == 28
+    frozen = (tmp_path / "c" / "config.toml").read_text()
+    assert "batch_size = 25" in frozen and 'order = "seeded"' in frozen
+    with lrctl.Run("c", runs_dir=tmp_path) as run:  # left out: the run's own settings
+        assert run._session.cfg.train.order == "seeded"
+    with pytest.raises(RunError, match=r'train.order: "seeded" \(run\) -> "lesson" \(given\)'):
+        lrctl.Run("c", order="lesson", runs_dir=tmp_path)
