@@ -184,6 +184,9 @@ def _open(args: argparse.Namespace, group):
         from lrctl.runops import read_frozen_config
 
         cfg, _ = read_frozen_config(store)
+    problem = config_mod.rebuild_problem(cfg, run_name)  # made from Python objects: only Python can resume it
+    if problem:
+        raise RunError(problem)
     prebuilt = None
     if not store.exists and (cfg.data.source in ("csv", "factory") or cfg.model.kind == "factory"):
         # User data and models can fail in many ways: find out before the run directory exists.

@@ -6,8 +6,9 @@
 
 Each (plan, seed) is an ordinary run under ``<runs-dir>/<name>/<plan-label>[-s<seed>]`` (TensorBoard
 shows them side by side with ``--logdir <runs-dir>/<name>``), trained with the same data and, per
-seed, the same initial weights. With no plans it reproduces the lesson's experiment. A plan whose loss
-becomes NaN/inf stays in the table, marked diverged (its run is rolled back to its last checkpoint).
+seed, the same initial weights. With no plans it reproduces the lesson's experiment, and with the
+lesson config (``train.order = "lesson"``) its numbers are the lesson's own, bit for bit. A plan whose
+loss becomes NaN/inf stays in the table, marked diverged (its run is rolled back to its last finite state).
 """
 
 from __future__ import annotations

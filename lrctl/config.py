@@ -41,13 +41,16 @@ def _f(default: Any, help: str) -> Any:
 class DataConfig:
     """Where the examples come from and how they are split."""
 
-    source: str = _f("lesson-regression", "lesson-regression | lesson-classification | csv | factory")
+    source: str = _f("lesson-regression", "lesson-regression | lesson-classification | csv | factory | python "
+                                          "(objects given to lrctl.Run)")
     task: str = _f("auto", "regression | classification; auto = from the lesson source (csv/factory: regression)")
     path: str = _f("", "csv: the file (relative paths are relative to the config file)")
     target: str = _f("", "csv: the target column name(s), comma-separated; the other columns are features")
     standardize: bool = _f(True, "csv: scale features to mean 0, std 1 using the training split's statistics")
     factory: str = _f("", "factory: 'package.module:function' returning (x_train, y_train, x_test, y_test) "
                           "tensors or (train, test) Datasets")
+    fingerprint: str = _f("", "python: the shapes and checksum of the data given to lrctl.Run; reopening the run "
+                              "needs the same data")
     seed: int = _f(420, "global torch seed set right before generating the data and the split")
     rows: int = _f(1000, "regression: number of examples")
     weights: tuple[float, ...] = _f((2.0, -1.0, 3.0, 1.0, 2.0), "regression: true weights, one per feature")
@@ -65,9 +68,12 @@ class DataConfig:
 class ModelConfig:
     """The network: the built-in MLP."""
 
-    kind: str = _f("mlp", "mlp (the built-in multi-layer perceptron) | factory")
+    kind: str = _f("mlp", "mlp (the built-in multi-layer perceptron) | factory | python (a model object given "
+                          "to lrctl.Run)")
     factory: str = _f("", "factory: 'package.module:function' returning an nn.Module; it may take "
                           "in_features= and out_features=")
+    fingerprint: str = _f("", "python: the class and parameter shapes of the model given to lrctl.Run; reopening "
+                              "the run needs the same shapes")
     hidden: tuple[int, ...] = _f((4, 4), "hidden layer widths")
     activation: str = _f("tanh", "tanh | relu | sigmoid | gelu | identity")
     batch_norm: str = _f("pre", "pre (BN before the activation) | post (after it) | none")
@@ -87,7 +93,10 @@ class TrainConfig:
                            " | bce (two classes) | l1 | huber")
     metric: str = _f("auto", "auto (mse for regression, accuracy for classification) | mse | accuracy | mae")
     batch_size: int = _f(50, "examples per optimizer step")
-    shuffle_seed: int = _f(0, "the order of epoch e's batches is a pure function of (shuffle_seed, e)")
+    order: str = _f("lesson", "lesson (the order DataLoader(shuffle=True) draws from the global torch RNG after "
+                              "the model is built: the lesson's numbers) | seeded (a pure function of "
+                              "(shuffle_seed, epoch))")
+    shuffle_seed: int = _f(0, "order = seeded: the order of epoch e's batches is a pure function of (shuffle_seed, e)")
     threads: int = _f(0, "torch CPU threads, 0..1024; 0 = auto (1 for small models, where one thread is fastest)")
     device: str = _f("cpu", "cpu | cuda | cuda:N | mps | auto (cuda when available)")
     checkpoint_every: int = _f(0, "also checkpoint every N epochs (0: only --save-every seconds, chunk ends, exit)")
@@ -134,8 +143,11 @@ class RunConfig:
             source = d.source.replace("lesson-", "lesson ")
         else:
             n_in, n_out = _csv_sizes(self) if d.source == "csv" else ("in", "out")
-            source = f"{d.source} {Path(d.path).name if d.source == 'csv' else d.factory} ({self.task})"
-        if m.kind == "factory":
+            what = {"csv": Path(d.path).name, "python": "data"}.get(d.source, d.factory)
+            source = f"{d.source} {what} ({self.task})"
+        if m.kind == "python":
+            model = f"model {m.fingerprint.split(',')[0]} (Python)"
+        elif m.kind == "factory":
             model = f"model {m.factory}"
         else:
             sizes = "-".join(str(s) for s in (n_in, *m.hidden, n_out))
@@ -171,12 +183,13 @@ def _csv_sizes(cfg: RunConfig) -> tuple[object, object]:
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 _CHOICES = {
-    ("data", "source"): {"lesson-regression", "lesson-classification", "csv", "factory"},
+    ("data", "source"): {"lesson-regression", "lesson-classification", "csv", "factory", "python"},
     ("data", "task"): {"auto", "regression", "classification"},
-    ("model", "kind"): {"mlp", "factory"},
+    ("model", "kind"): {"mlp", "factory", "python"},
     ("model", "activation"): {"tanh", "relu", "sigmoid", "gelu", "identity"},
     ("model", "batch_norm"): {"pre", "post", "none"},
     ("train", "optimizer"): {"sgd", "adam", "adamw", "rmsprop"},
+    ("train", "order"): {"lesson", "seeded"},
     ("train", "loss"): {"auto", "mse", "cross-entropy", "bce", "l1", "huber"},
     ("train", "metric"): {"auto", "mse", "accuracy", "mae"},
 }
@@ -283,6 +296,23 @@ def batch_problems(cfg: RunConfig, n_train: int) -> list[str]:
                 f"model.batch_norm = \"{m.batch_norm}\" cannot train on; choose another batch size "
                 "(or batch_norm = \"none\")"]
     return []
+
+
+def python_objects(cfg: RunConfig) -> list[str]:
+    """What of the run only the Python process that made it can give back: data and/or a model object."""
+    objects = ["data"] if cfg.data.source == "python" else []
+    return objects + (["a model object"] if cfg.model.kind == "python" else [])
+
+
+def rebuild_problem(cfg: RunConfig, name: str) -> str | None:
+    """Why the command line cannot rebuild run ``name`` (None when it can): it was made from Python objects."""
+    objects = python_objects(cfg)
+    if not objects:
+        return None
+    return (f"run '{name}' was made in Python with {' and '.join(objects)} given to lrctl.Run, which the command "
+            f"line cannot rebuild; continue it from Python: lrctl.Run({name!r}, model=..., data=...) with the same "
+            "model and data (or make such runs from factories, e.g. data='my_module:make_data', "
+            "model='my_module:make_model', and the command line can resume them)")
 
 
 def _coerce(section: str, key: str, value: Any, default: Any) -> tuple[Any, str | None]:

@@ -2,9 +2,10 @@
 
 In-memory data lives on the training device as tensors and is sliced, never fed through a
 DataLoader. A factory may instead return ``torch.utils.data.Dataset`` objects that are not plain
-tensor sets; those go through a DataLoader with workers. The order of epoch ``e``'s examples is a
-pure function of ``(shuffle_seed, e)`` either way, so an epoch recomputed after a crash sees exactly
-the same batches, and a distributed rank can take a disjoint share of them.
+tensor sets; those go through a DataLoader with workers. Epoch ``e``'s order of the examples is
+either the one the lesson's ``DataLoader(shuffle=True)`` draws (a stream whose state is checkpointed)
+or a pure function of ``(shuffle_seed, e)`` (:class:`EpochOrders`); either way an epoch recomputed
+after a crash sees exactly the same batches, and a distributed rank can take a disjoint share of them.
 """
 
 from __future__ import annotations
@@ -155,33 +156,89 @@ def _random_split(x, y, fraction: float):
 
 
 def _from_factory(cfg: RunConfig) -> Split:
-    import torch
-
     from lrctl._factory import load_callable
 
     spec = cfg.data.factory
-    result = load_callable(spec, "data.factory")()
-    what = "(x_train, y_train, x_test, y_test) tensors or (train, test) Datasets"
+    return from_objects(cfg, load_callable(spec, "data.factory")(), f"data.factory: {spec!r} returned")
+
+
+def _tensors_of(dataset: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(x, y) of a dataset that is in-memory tensors after all: a TensorDataset, or a Subset of one
+    (what ``random_split`` returns); None for any other dataset."""
+    import torch
+    from torch.utils.data import Subset, TensorDataset
+
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        return dataset.tensors[0], dataset.tensors[1]
+    if isinstance(dataset, Subset):
+        inner = _tensors_of(dataset.dataset)
+        if inner is not None:
+            rows = torch.as_tensor(list(dataset.indices), dtype=torch.long)
+            return inner[0][rows], inner[1][rows]
+    return None
+
+
+def from_objects(cfg: RunConfig, result: Any, who: str) -> Split:
+    """The split from Python objects: (x_train, y_train, x_test, y_test) tensors, or (train, test) Datasets
+    or DataLoaders (their datasets). ``who`` starts every error message ("data.factory: 'f' returned")."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    what = "(x_train, y_train, x_test, y_test) tensors or (train, test) Datasets or DataLoaders"
     if isinstance(result, (tuple, list)) and len(result) == 2:
-        train_set, test_set = result
-        if not all(isinstance(s, torch.utils.data.Dataset) for s in result):
-            raise ConfigError(f"data.factory: {spec!r} returned {type(train_set).__name__}, "
-                              f"{type(test_set).__name__}; expected {what}")
-        if all(isinstance(s, torch.utils.data.TensorDataset) and len(s.tensors) == 2 for s in result):
-            result = (*train_set.tensors, *test_set.tensors)  # in memory after all: the fast path
+        sets = [r.dataset if isinstance(r, DataLoader) else r for r in result]
+        if not all(isinstance(s, Dataset) for s in sets):
+            raise ConfigError(f"{who} {type(result[0]).__name__}, {type(result[1]).__name__}; expected {what}")
+        tensors = [_tensors_of(s) for s in sets]
+        if all(t is not None for t in tensors):
+            result = (*tensors[0], *tensors[1])  # in memory after all: the fast path
         else:
+            train_set, test_set = sets
             labels = [int(train_set[i][1]) for i in range(min(len(train_set), 10_000))] \
                 if cfg.task == "classification" else []
             return Split(None, None, None, None, train_set, test_set, n_classes=max(labels, default=0) + 1)
     if not (isinstance(result, (tuple, list)) and len(result) == 4
             and all(isinstance(t, torch.Tensor) for t in result)):
-        raise ConfigError(f"data.factory: {spec!r} returned {type(result).__name__}; expected {what}")
-    x_train, y_train, x_test, y_test = result
+        raise ConfigError(f"{who} {type(result).__name__}; expected {what}")
+    x_train, y_train, x_test, y_test = (t.detach() for t in result)
     for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         if x.dim() != 2 or len(x) != len(y) or len(x) == 0:
-            raise ConfigError(f"data.factory: {spec!r}: {name} features must be (N, features) with one label "
-                              f"per row; got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ConfigError(f"{who} {name} features of shape {tuple(x.shape)} and labels {tuple(y.shape)}; "
+                              "features must be (N, features) with one label per row")
     return _finish(cfg, x_train.float(), y_train, x_test.float(), y_test)
+
+
+def fingerprint(split: Split) -> str:
+    """The data's shapes and a checksum of its exact bytes: a run made from Python data is reopened only
+    with the same data. Datasets that are not in memory: their lengths and first and last examples."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+
+    def add(t: Any) -> None:
+        t = torch.as_tensor(t).detach().cpu().contiguous().clone()  # clone: exactly its own bytes
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(bytes(t.untyped_storage()))
+
+    def shape(t: Any) -> str:
+        return "x".join(str(d) for d in torch.as_tensor(t).shape) or "1"
+
+    if split.in_memory:
+        tensors = (split.x_train, split.y_train, split.x_test, split.y_test)
+        for t in tensors:
+            add(t)
+        shapes = "train {} -> {}, test {} -> {}".format(*(shape(t) for t in tensors))
+    else:
+        for dataset in (split.train_set, split.test_set):
+            for i in (0, len(dataset) - 1):
+                for part in dataset[i][:2]:
+                    add(part)
+        x, y = split.train_set[0][:2]
+        shapes = (f"Datasets of {len(split.train_set)} and {len(split.test_set)} examples of {shape(x)} -> "
+                  f"{shape(y)}")
+    return f"{shapes}, sha256 {digest.hexdigest()[:16]}"
 
 
 def _finish(cfg: RunConfig, x_train, y_train, x_test, y_test) -> Split:
@@ -221,6 +278,9 @@ def _build_split(cfg: RunConfig) -> Split:
     import torch
 
     d = cfg.data
+    if d.source == "python":
+        raise ConfigError("data: this run's data was given to lrctl.Run in Python (" + d.fingerprint + "); "
+                          "only lrctl.Run(..., data=...) can give it again")
     torch.manual_seed(d.seed)
     if d.source == "factory":
         return _from_factory(cfg)
@@ -248,11 +308,65 @@ def _build_split(cfg: RunConfig) -> Split:
 
 
 def epoch_order(n: int, shuffle_seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The permutation of ``n`` training rows used in global epoch ``epoch``."""
+    """The permutation of ``n`` training rows used in global epoch ``epoch`` (``train.order = "seeded"``)."""
     import torch
 
     generator = torch.Generator().manual_seed((shuffle_seed * 1_000_003 + epoch) % (2**63))
     return torch.randperm(n, generator=generator).to(device)
+
+
+def loader_order(n: int, generator: torch.Generator) -> torch.Tensor:
+    """The permutation one pass of ``DataLoader(train, batch_size, shuffle=True)`` takes (``train.order = "lesson"``).
+
+    ``generator`` stands in for the global torch RNG the loader draws from, and is advanced exactly as
+    that RNG is: creating the loader's iterator draws its workers' base seed, then its RandomSampler
+    draws the seed of a fresh generator that makes the permutation (torch/utils/data/dataloader.py,
+    ``_BaseDataLoaderIter.__init__``; sampler.py, ``RandomSampler.__iter__``). The result equals,
+    bit for bit, the batches of the lesson's loop on the installed torch.
+    """
+    import torch
+
+    torch.empty((), dtype=torch.int64).random_(generator=generator)  # the iterator's base seed
+    seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())  # the sampler's
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+ORDERS = ("lesson", "seeded")
+
+
+class EpochOrders:
+    """Each epoch's order of the training rows, as ``train.order`` says.
+
+    ``lesson``: the order a ``DataLoader(shuffle=True)`` draws from the global torch RNG, starting
+    from the RNG's state when this object is made (the engine makes it right after building the
+    model, where the lesson's loop starts). The stream's state is part of the engine's checkpoint,
+    so resume, undo, fork, replay and every torchrun rank continue it exactly; it is a private
+    generator, so nothing else that draws random numbers in the process moves it.
+    ``seeded``: a pure function of ``(shuffle_seed, epoch)`` (:func:`epoch_order`), independent of
+    the model and of everything before the epoch.
+    """
+
+    def __init__(self, kind: str, n: int, shuffle_seed: int) -> None:
+        import torch
+
+        self.kind, self.n, self.shuffle_seed = kind, n, shuffle_seed
+        self.generator: torch.Generator | None = None
+        if kind == "lesson":
+            self.generator = torch.Generator()
+            self.generator.set_state(torch.get_rng_state())
+
+    def draw(self, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Epoch ``epoch``'s permutation (``lesson``: the next one of the stream; call once per epoch)."""
+        if self.generator is None:
+            return epoch_order(self.n, self.shuffle_seed, epoch, device)
+        return loader_order(self.n, self.generator).to(device)
+
+    def state(self) -> torch.Tensor | None:
+        return self.generator.get_state() if self.generator is not None else None
+
+    def load_state(self, state: torch.Tensor | None) -> None:
+        if self.generator is not None and state is not None:
+            self.generator.set_state(state)
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:

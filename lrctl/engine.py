@@ -102,13 +102,22 @@ class Trainer:
     Args:
         cfg: the run's config (data, model, optimizer, batching, device, threads).
         device: overrides ``cfg.train.device``.
+        model: a model object to train instead of building the configured one (``lrctl.Run``).
+        split: data to train on instead of building the configured data (``lrctl.Run``).
     """
 
-    def __init__(self, cfg: RunConfig, device: str | None = None) -> None:
+    def __init__(self, cfg: RunConfig, device: str | None = None, *, model: nn.Module | None = None,
+                 split: data_mod.Split | None = None) -> None:
         self.cfg = cfg
         self.device = resolve_device(device or cfg.train.device)
-        split = data_mod.build_split(cfg)
-        self.model = build_model(cfg, split.in_features, split.out_features(cfg)).to(self.device)
+        split = split if split is not None else data_mod.build_split(cfg)
+        if model is None:
+            model = build_model(cfg, split.in_features, split.out_features(cfg))
+        self.model = model.to(self.device)
+        # Made here, right after the model: the lesson's loop starts drawing batch orders from this RNG state.
+        self.orders = data_mod.EpochOrders(cfg.train.order, split.n_train, cfg.train.shuffle_seed)
+        self._order: tuple[int, torch.Tensor] | None = None  # (global step, that epoch's order)
+        self._order_state_before: torch.Tensor | None = None  # the order stream before that epoch's draw
         self.split = split.to(self.device)
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         threads = cfg.train.threads or (1 if self.n_params < SMALL_MODEL_PARAMS else torch.get_num_threads())
@@ -236,9 +245,10 @@ class Trainer:
 
     def _batches(self, epoch: int | None = None):
         """This epoch's (x, y) batches: slices of one gathered copy, or a DataLoader over a Dataset."""
-        order = data_mod.epoch_order(self.split.n_train, self.cfg.train.shuffle_seed,
-                                     self.global_step if epoch is None else epoch,
-                                     self.device if self._loaders is None else "cpu")
+        if epoch is None or epoch == self.global_step:
+            order = self._epoch_order()
+        else:  # another epoch's (the lr finder's sweep): lesson order draws the stream's next one
+            order = self.orders.draw(epoch, self.device if self._loaders is None else "cpu")
         if self._loaders is not None:
             return self._loaders.train(order)
         if self._positions is not None:  # data-parallel: this rank's rows of every batch
@@ -248,6 +258,14 @@ class Trainer:
         xs, ys = self.split.x_train[order], self.split.y_train[order]  # one gather, then contiguous slices
         bs = self.batch_size
         return ((xs[b * bs:(b + 1) * bs], ys[b * bs:(b + 1) * bs]) for b in range(self.batches_per_epoch))
+
+    def _epoch_order(self) -> torch.Tensor:
+        """This epoch's row order, drawn once per epoch (the lesson's order is a stream: drawing advances it)."""
+        if self._order is None or self._order[0] != self.global_step:
+            self._order_state_before = self.orders.state()
+            order = self.orders.draw(self.global_step, self.device if self._loaders is None else "cpu")
+            self._order = (self.global_step, order)
+        return self._order[1]
 
     def _run_batches(self, on_batch_end: Callable[[int, int], None] | None) -> list[float] | None:
         """One epoch of optimizer steps. No host syncs in here (tests enforce it).
@@ -357,6 +375,7 @@ class Trainer:
                 self._epoch_start_lr = self.lr
             lr = self._epoch_start_lr
             self.torn = True
+            self._epoch_order()  # drawn before the batch loop: the lesson's order reads its seed on the host
             batch_lrs = self._run_batches(on_batch_end)
             if self.group is not None and self._has_buffers:
                 self.group.broadcast_buffers(self.model)
@@ -383,6 +402,9 @@ class Trainer:
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.orders.generator is not None:
+            # Mid-epoch, the stream as it was before this epoch's draw: a resumed epoch draws the same order.
+            rng["order"] = self._order_state_before if self.batch_in_epoch else self.orders.state()
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "schedule": self.runner.state_dict() if self.runner is not None else None,
                  "global_step": self.global_step, "rng": rng, "history": list(self.history), "lr": self.lr,
@@ -407,6 +429,8 @@ class Trainer:
         self._epoch_per_batch = bool(mid.get("per_batch", False))
         self.history = list(state.get("history", []))
         torch.set_rng_state(state["rng"]["torch"])
+        self.orders.load_state(state["rng"].get("order"))
+        self._order = None
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 

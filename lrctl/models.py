@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -62,6 +64,11 @@ class MLP(nn.Module):
 def build_model(cfg: RunConfig, in_features: int, out_features: int = 1) -> nn.Module:
     """Seed the global RNG with ``model.seed`` and build the configured model (the lesson does the same)."""
     m = cfg.model
+    if m.kind == "python":
+        from lrctl.config import ConfigError
+
+        raise ConfigError(f"model: this run's model was given to lrctl.Run in Python ({m.fingerprint}); "
+                          "only lrctl.Run(..., model=...) can give it again")
     torch.manual_seed(m.seed)
     if m.kind == "factory":
         return _from_factory(m.factory, in_features, out_features)
@@ -69,18 +76,42 @@ def build_model(cfg: RunConfig, in_features: int, out_features: int = 1) -> nn.M
 
 
 def _from_factory(spec: str, in_features: int, out_features: int) -> nn.Module:
+    from lrctl._factory import load_callable
+
+    return from_callable(load_callable(spec, "model.factory"), in_features, out_features,
+                         f"model.factory: {spec!r}")
+
+
+def from_callable(fn: Any, in_features: int, out_features: int, who: str) -> nn.Module:
+    """Call a model factory with the ``in_features=``/``out_features=`` it accepts; check what it returns."""
     import inspect
 
-    from lrctl._factory import load_callable
     from lrctl.config import ConfigError
 
-    fn = load_callable(spec, "model.factory")
     params = inspect.signature(fn).parameters
     offered = {"in_features": in_features, "out_features": out_features}
     kwargs = {k: v for k, v in offered.items() if k in params or any(p.kind == p.VAR_KEYWORD for p in params.values())}
     model = fn(**kwargs)
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"model.factory: {spec!r} returned {type(model).__name__}; expected a torch.nn.Module")
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ConfigError(f"model.factory: {spec!r} returned a model with no trainable parameters")
+        raise ConfigError(f"{who} returned {type(model).__name__}; expected a torch.nn.Module")
+    check_trainable(model, who)
     return model
+
+
+def check_trainable(model: nn.Module, who: str) -> None:
+    from lrctl.config import ConfigError
+
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"{who} returned a model with no trainable parameters")
+
+
+def fingerprint(model: nn.Module) -> str:
+    """The class and every parameter's name and shape (hashed): 'Net, 65 parameters in 10 tensors, shapes 1f0c…'.
+
+    A run made from a model object is reopened only with a model of the same shapes."""
+    import hashlib
+
+    shapes = [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+    digest = hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
+    count = sum(p.numel() for p in model.parameters())
+    return f"{type(model).__name__}, {count} parameters in {len(shapes)} tensors, shapes {digest}"

@@ -96,18 +96,18 @@ def terminal_chart(runs: list[RunCurves], width: int = 100, height: int = 30) ->
     return plain(figure.build())
 
 
-def save_png(runs: list[RunCurves], path: Path) -> None:
-    """The same figure with matplotlib (metric on a log scale when it spans decades)."""
+def figure(runs: list[RunCurves]) -> Any:
+    """The curves as a matplotlib Figure (made without pyplot, so no backend is switched): metric on top,
+    on a log scale when it is an error, lr below, chunk starts dotted."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError:
         from lrctl.runstore import RunError
 
-        raise RunError("--png needs matplotlib: pip install 'lrctl[png]' (or pip install matplotlib)") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as pyplot
-
-    fig, (top, bottom) = pyplot.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1])
+        raise RunError("--png and plot() need matplotlib: pip install 'lrctl[png]' (or pip install matplotlib)") \
+            from None
+    fig = Figure(figsize=(10, 7))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
     for run in runs:
         if not run.history:
             continue
@@ -126,8 +126,20 @@ def save_png(runs: list[RunCurves], path: Path) -> None:
     top.legend()
     bottom.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    pyplot.close(fig)
+    return fig
+
+
+def png_bytes(runs: list[RunCurves]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    figure(runs).savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def save_png(runs: list[RunCurves], path: Path) -> None:
+    """The figure of :func:`figure` as a PNG file."""
+    Path(path).write_bytes(png_bytes(runs))
 
 
 def lr_chart(lrs: list[float], losses: list[float], marks: dict[str, float], width: int = 100,

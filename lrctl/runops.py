@@ -93,6 +93,8 @@ def read_frozen_config(store: RunStore) -> tuple[config_mod.RunConfig, str]:
     path = store.dir / CONFIG_FILE
     try:
         raw = tomllib.loads(store.read_config_text())
+        if isinstance(raw.get("train"), dict):  # frozen before train.order existed: those runs used the seeded order
+            raw["train"].setdefault("order", "seeded")
         return config_mod.from_dict(raw, origin=str(path)), str(path)
     except (OSError, tomllib.TOMLDecodeError, config_mod.ConfigError) as e:
         raise RunError(f"run '{store.name}': its frozen config {path} cannot be read: {e}") from None

@@ -86,7 +86,7 @@ def test_toolbar_names_run_epoch_and_metrics(tmp_path):
     reason, session, out = _feed(tmp_path, "y\r1\r0.03\rn\r")
     repl = Repl(session, View(file=io.StringIO(), interactive=False), None, lambda: None)
     bar = repl.toolbar()
-    assert " r · epoch 1 · train_mse 37.6763 · test_mse 37.3994 · lr 0.03" in bar
+    assert " r · epoch 1 · train_mse 37.9793 · test_mse 37.7321 · lr 0.03" in bar  # the lesson's own epoch 0
 
 
 def test_plain_asker_echoes_answers_and_signals_eof():
