@@ -10,6 +10,7 @@ final lr, which is also what ``keep`` past the end means.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -49,48 +50,68 @@ def _set_lr(optimizer: Optimizer, lr: float) -> None:
         group.pop("initial_lr", None)
 
 
+class Chunk:
+    """What a builder knows of the chunk: its optimizer, length in epochs and batches, metric direction."""
+
+    def __init__(self, optimizer: Optimizer, epochs: int, batches_per_epoch: int, mode: str) -> None:
+        self.optimizer, self.epochs, self.batches_per_epoch, self.mode = optimizer, epochs, batches_per_epoch, mode
+
+
+def _start(c: Chunk, spec: ScheduleSpec, lr: float | None = None) -> Optimizer:
+    _set_lr(c.optimizer, spec.args[0] if lr is None else lr)
+    return c.optimizer
+
+
+def _piecewise(spec: ScheduleSpec, c: Chunk) -> sched.LRScheduler:
+    values = [lr for lr, _ in spec.pieces] + [spec.args[0]]
+    bounds = [sum(n for _, n in spec.pieces[: i + 1]) for i in range(len(spec.pieces))]
+    return PiecewiseLR(_start(c, spec, values[0]), values, bounds)
+
+
+def _cyclic(spec: ScheduleSpec, c: Chunk) -> sched.LRScheduler:
+    (lo, hi), o = spec.args, spec.opts
+    half = max(1, round(o["period"] * c.batches_per_epoch / 2))
+    return sched.CyclicLR(_start(c, spec, lo), lo, hi, step_size_up=half, step_size_down=half, mode=o["mode"],
+                          gamma=o["gamma"], cycle_momentum=False)
+
+
+def _onecycle(spec: ScheduleSpec, c: Chunk) -> sched.LRScheduler:
+    o = spec.opts
+    return sched.OneCycleLR(_start(c, spec, spec.args[0] / o["div"]), spec.args[0],
+                            total_steps=c.epochs * c.batches_per_epoch, pct_start=o["pct"],
+                            anneal_strategy=o["anneal"], div_factor=o["div"], final_div_factor=o["final_div"],
+                            cycle_momentum=False)
+
+
+# The torch side of every family in lrctl.schedules.FAMILIES (the grammar side): one entry each.
+# A builder sets the optimizer's lr to the schedule's first value and returns torch's scheduler
+# (None: the lr stays as set). Tests check that the two registries name the same families.
+BUILDERS: dict[str, Callable[[ScheduleSpec, Chunk], sched.LRScheduler | None]] = {
+    "const": lambda s, c: (_start(c, s), None)[1],
+    "step": lambda s, c: sched.StepLR(_start(c, s), step_size=s.opts["every"], gamma=s.opts["gamma"]),
+    "multistep": lambda s, c: sched.MultiStepLR(_start(c, s), milestones=list(s.opts["at"]), gamma=s.opts["gamma"]),
+    "piecewise": _piecewise,
+    "exp": lambda s, c: sched.ExponentialLR(_start(c, s), gamma=s.opts["gamma"]),
+    "power": lambda s, c: PowerLR(_start(c, s), s.opts["s"], s.opts["c"]),
+    "plateau": lambda s, c: sched.ReduceLROnPlateau(
+        _start(c, s), mode=c.mode, factor=s.opts["factor"], patience=s.opts["patience"],
+        threshold=s.opts["threshold"], cooldown=s.opts["cooldown"], min_lr=s.opts["min"]),
+    "cyclic": _cyclic,
+    "cos": lambda s, c: sched.CosineAnnealingLR(_start(c, s), T_max=c.epochs, eta_min=s.opts["min"]),
+    "restarts": lambda s, c: sched.CosineAnnealingWarmRestarts(_start(c, s), T_0=s.opts["period"],
+                                                               T_mult=s.opts["mult"], eta_min=s.opts["min"]),
+    "onecycle": _onecycle,
+    "linear": lambda s, c: sched.LinearLR(_start(c, s), start_factor=1.0, end_factor=s.args[1] / s.args[0],
+                                          total_iters=c.epochs),
+}
+
+
 def _build_main(spec: ScheduleSpec, optimizer: Optimizer, epochs: int, batches_per_epoch: int,
                 mode: str) -> sched.LRScheduler | None:
-    o = spec.opts
-    name = spec.name
-    if name == "piecewise":
-        values = [lr for lr, _ in spec.pieces] + [spec.args[0]]
-        bounds = [sum(n for _, n in spec.pieces[: i + 1]) for i in range(len(spec.pieces))]
-        _set_lr(optimizer, values[0])
-        return PiecewiseLR(optimizer, values, bounds)
-    if name == "cyclic":
-        lo, hi = spec.args
-        _set_lr(optimizer, lo)
-        half = max(1, round(o["period"] * batches_per_epoch / 2))
-        return sched.CyclicLR(optimizer, lo, hi, step_size_up=half, step_size_down=half, mode=o["mode"],
-                              gamma=o["gamma"], cycle_momentum=False)
-    if name == "onecycle":
-        _set_lr(optimizer, spec.args[0] / o["div"])
-        return sched.OneCycleLR(optimizer, spec.args[0], total_steps=epochs * batches_per_epoch,
-                                pct_start=o["pct"], anneal_strategy=o["anneal"], div_factor=o["div"],
-                                final_div_factor=o["final_div"], cycle_momentum=False)
-    _set_lr(optimizer, spec.args[0])
-    if name == "const":
-        return None
-    if name == "step":
-        return sched.StepLR(optimizer, step_size=o["every"], gamma=o["gamma"])
-    if name == "multistep":
-        return sched.MultiStepLR(optimizer, milestones=list(o["at"]), gamma=o["gamma"])
-    if name == "exp":
-        return sched.ExponentialLR(optimizer, gamma=o["gamma"])
-    if name == "power":
-        return PowerLR(optimizer, o["s"], o["c"])
-    if name == "plateau":
-        return sched.ReduceLROnPlateau(optimizer, mode=mode, factor=o["factor"], patience=o["patience"],
-                                       threshold=o["threshold"], cooldown=o["cooldown"], min_lr=o["min"])
-    if name == "cos":
-        return sched.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=o["min"])
-    if name == "restarts":
-        return sched.CosineAnnealingWarmRestarts(optimizer, T_0=o["period"], T_mult=o["mult"], eta_min=o["min"])
-    if name == "linear":
-        start, end = spec.args
-        return sched.LinearLR(optimizer, start_factor=1.0, end_factor=end / start, total_iters=epochs)
-    raise ScheduleError(f"cannot build schedule {name!r}")
+    builder = BUILDERS.get(spec.name)
+    if builder is None:
+        raise ScheduleError(f"cannot build schedule {spec.name!r}")
+    return builder(spec, Chunk(optimizer, epochs, batches_per_epoch, mode))
 
 
 class ScheduleRunner:

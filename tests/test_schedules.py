@@ -184,3 +184,20 @@ def test_schedule_state_is_plain_data():
         state = torch.load(buffer, weights_only=True)
         assert ScheduleRunner.from_state(state, opt).spec == parse(text)
         assert not math.isnan(runner.lr)
+
+
+def test_every_family_has_one_grammar_entry_and_one_torch_builder():
+    """Adding a family: one entry in lrctl.schedules.FAMILIES, one in lrctl.lr_runner.BUILDERS."""
+    from lrctl.lr_runner import BUILDERS
+    from lrctl.schedules import FAMILIES
+
+    assert set(BUILDERS) == set(FAMILIES) - {"keep"}
+
+
+@pytest.mark.parametrize("family", sorted(set(__import__("lrctl.schedules").schedules.FAMILIES) - {"keep"}))
+def test_each_familys_example_builds_and_previews(family):
+    from lrctl.lr_runner import preview
+    from lrctl.schedules import FAMILIES, parse
+
+    lrs = preview(parse(FAMILIES[family].example), 12, 5)
+    assert len(lrs) == 12 and all(lr >= 0 for lr in lrs)
