@@ -18,9 +18,6 @@ from lrctl.schedules import parse
 if TYPE_CHECKING:
     from lrctl.session import RunSession
 
-COMMANDS = ("lr", "pause", "resume", "stop", "checkpoint")
-
-
 class LiveControl:
     """The live commands of one session (``host``): its trainer, store, stop state and observer."""
 
