@@ -37,8 +37,9 @@ from typing import Any
 
 from lrctl import config as config_mod
 from lrctl._notebook import InputAsker, RunView, in_notebook, isatty
+from lrctl.runops import read_frozen_config
 from lrctl.runstore import DEFAULT_KEEP, HISTORY_DIR, RunError, RunStore
-from lrctl.session import DEFAULT_SAVE_EVERY, ChunkOutcome, RunSession, _read_frozen_config
+from lrctl.session import DEFAULT_SAVE_EVERY, ChunkOutcome, RunSession
 
 _OPEN: dict[Path, Run] = {}  # the runs this process holds, by directory
 
@@ -166,7 +167,7 @@ class Run:
         from lrctl import models
         from lrctl.engine import Trainer
 
-        frozen = _read_frozen_config(store)[0] if store.exists else None
+        frozen = read_frozen_config(store)[0] if store.exists else None
         if config is not None:
             base, origin = _load_config(config)
         elif frozen is not None:
