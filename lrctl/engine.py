@@ -233,6 +233,11 @@ class Trainer:
         self.runner = ScheduleRunner(spec, *args)
         return "set"
 
+    def weights_finite(self) -> bool:
+        """Whether every parameter is finite (one host sync: for mid-epoch checkpoints only)."""
+        with torch.no_grad():
+            return bool(torch.stack([p.isfinite().all() for p in self.model.parameters()]).all())
+
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

@@ -18,7 +18,14 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from lrctl.runstore import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, LoadedCheckpoint, Pending, RunStore
+from lrctl.runstore import (
+    CHECKPOINT_FILE,
+    PENDING_FILE,
+    PREVIOUS_CHECKPOINT_FILE,
+    LoadedCheckpoint,
+    Pending,
+    RunStore,
+)
 
 # Journal events after which the run's timeline cannot be rebuilt from an older checkpoint.
 _UNREPLAYABLE = {"undo": "an undo", "fork": "a fork", "forked": "a fork", "config_changed": "a config change"}
@@ -80,7 +87,11 @@ def _settle_pending(store: RunStore, loaded: LoadedCheckpoint, trainer: Any, fal
                     warnings: list[str]) -> bool:
     """The pending work after a damaged file (see :func:`recover`). Returns whether anything was wrong."""
     problem = store.pending_problem()
-    if fallback_from is None and problem is None:
+    step = trainer.global_step
+    snapshot = loaded.state.get("pending") or {}
+    missing = (problem is None and store.read_pending() is None
+               and Pending(list(snapshot.get("chunks") or [])).remaining(step) > 0)
+    if fallback_from is None and problem is None and not missing:
         return False
     events = store.read_journal()
     after = None
@@ -88,6 +99,13 @@ def _settle_pending(store: RunStore, loaded: LoadedCheckpoint, trainer: Any, fal
         if events[i].get("event") == "saved" and events[i].get("sha") == loaded.sha:
             after = events[i + 1:]
             break
+    if missing:  # work was pending when the checkpoint was saved; does the journal say it ended since?
+        rebuilt, unsure = _replay_journal(snapshot, after, trainer.batches_per_epoch)
+        if not unsure and Pending(rebuilt).remaining(step) == 0:
+            if fallback_from is None:
+                return False
+        else:
+            problem = f"{PENDING_FILE} is missing"
     result = recover(loaded_step=trainer.global_step, batches_per_epoch=trainer.batches_per_epoch,
                      fallback_from=fallback_from, file_pending=store.read_pending(), file_problem=problem,
                      snapshot=loaded.state.get("pending"), events_after_save=after)

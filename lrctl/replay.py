@@ -67,6 +67,8 @@ def replay(runs_dir: Path, source: str, target: str, observer: Observer | None =
                 advance(int(event[STEP_OF[kind]]))
                 if kind == "pending_dropped":
                     session.drop_pending(f"replayed: {event.get('reason', '')}")
+                elif kind == "interrupted" and event.get("how") == "abandon":  # its epoch's lr changes went too
+                    session.drop_changes_after(int(event["step"]) * session.trainer.batches_per_epoch)
         advance(final)
         return session.global_step
     finally:

@@ -338,6 +338,9 @@ class RunSession:
 
     def run_plan(self, chunks: list[tuple[int, str]], source: str = "plan") -> ChunkOutcome:
         """Record the chunks as pending work (durably), then train them."""
+        finished = self.complete_torn_epoch()
+        if finished is not None and finished.status != "done":
+            return finished
         absolute = absolute_chunks(chunks, self.global_step)
         old = self.store.read_pending()
         if old is not None and old.remaining(self.global_step) > 0:
@@ -347,7 +350,7 @@ class RunSession:
         self.store.journal("command", durable=True, source=source, chunks=absolute, **job)
         return self.finish_pending()
 
-    def _drop_changes_after(self, batch: int) -> list[dict[str, Any]]:
+    def drop_changes_after(self, batch: int) -> list[dict[str, Any]]:
         """Forget the pending chunks' lr changes made after global batch ``batch`` (an abandoned epoch's)."""
         pending = self.store.read_pending()
         lost: list[dict[str, Any]] = []
@@ -361,7 +364,33 @@ class RunSession:
             self.store.write_pending(pending)
         return lost
 
-    def drop_pending(self, reason: str) -> None:
+    def complete_torn_epoch(self) -> ChunkOutcome | None:
+        """A run that stands inside an epoch (a mid-epoch checkpoint after a kill or a signal) finishes
+        that epoch as it was going (the pending chunk, its recorded changes) before anything else: a new
+        command, or dropping the pending work, always starts at an epoch boundary. None: nothing to do."""
+        trainer = self.trainer
+        if trainer is None or not trainer.batch_in_epoch:
+            return None
+        step = trainer.global_step
+        pending = self.store.read_pending()
+        covering = [c for c in (pending.chunks if pending else []) if c["start"] <= step < c["start"] + c["epochs"]]
+        if covering:
+            chunk = covering[0]
+        else:  # its command was dropped: the epoch ends with the schedule it had
+            start = self.chunks[-1]["start"] if self.chunks else step
+            chunk = {"start": start, "epochs": step + 1 - start, "expr": "keep"}
+        self.observer.message(f"epoch {step} was stopped after batch {trainer.batch_in_epoch} of "
+                              f"{trainer.batches_per_epoch}: finishing it first")
+        self.stop.clear()
+        self.busy = True
+        try:
+            return self._run_chunk(chunk, stop_at=step + 1)
+        finally:
+            self.busy = False
+
+    def drop_pending(self, reason: str, complete: bool = True) -> None:
+        if complete:
+            self.complete_torn_epoch()
         self.live.scheduled = []
         pending = self.store.read_pending()
         if pending is not None:
@@ -427,6 +456,7 @@ class RunSession:
         label = chunk["expr"]
         if label == "keep" and trainer.runner is not None:
             label = f"keep ({trainer.runner.spec.text})"
+        self._epoch_started = self.clock()
         # Changes made mid-chunk before an interruption happen again at the same batch.
         self.live.begin(chunk, trainer.global_step * trainer.batches_per_epoch + trainer.batch_in_epoch)
         self.observer.chunk_started(trainer.global_step, todo, label, trainer.batches_per_epoch)
@@ -437,7 +467,7 @@ class RunSession:
             was = trainer.global_step
             self._rollback()
             dropped = was - trainer.global_step
-            lost = self._drop_changes_after(trainer.global_step * trainer.batches_per_epoch)
+            lost = self.drop_changes_after(trainer.global_step * trainer.batches_per_epoch)
             outcome = ChunkOutcome("abandoned", trainer.global_step, dropped=dropped,
                                    detail=f"{len(lost)} lr change(s) made in the abandoned epoch dropped" if lost
                                    else "")
@@ -449,7 +479,7 @@ class RunSession:
             was = trainer.global_step + 1  # the diverged epoch is not counted in global_step
             self._rollback()
             dropped = was - trainer.global_step
-            self.drop_pending("diverged")
+            self.drop_pending("diverged", complete=False)
             outcome = ChunkOutcome("diverged", trainer.global_step, dropped=dropped, lr=e.record.lr,
                                    detail=f"loss became {e.loss} in epoch {e.record.step} at lr {e.record.lr:g}")
             store.journal("diverged", durable=True, epoch=e.record.step, lr=e.record.lr, loss=str(e.loss),
@@ -544,16 +574,21 @@ class RunSession:
                 stop.checkpoint_now = True
             return
         if stop.shutdown:
-            self.save()
             step = self.trainer.global_step
+            if self.trainer.weights_finite():
+                self.save()
+                detail = f"saved at epoch {step}, batch {batch} of {batches}"
+            else:
+                detail = f"epoch {step} was diverging: the checkpoint at epoch {self.saved_step} stays"
             self.store.journal("interrupted", durable=True, how="shutdown", signal=stop.reasons[-1:] or None,
                                step=step, batch=batch)
-            raise Shutdown(stop.shutdown_signal, f"saved at epoch {step}, batch {batch} of {batches}")
+            raise Shutdown(stop.shutdown_signal, detail)
         now = self.clock()
         cadence = max(self.save_every, MID_EPOCH_MIN_SECONDS)
         if stop.checkpoint_now or (now - self._last_save >= cadence and now - self._epoch_started >= cadence):
             stop.checkpoint_now = False
-            self.save()
+            if self.trainer.weights_finite():  # a diverging epoch is never saved half way (it rolls back)
+                self.save()
 
     def _batch_boundary_shared(self, batch: int) -> None:
         """Data-parallel: rank 0 applies what arrived and sends the lr changes it made, so every rank
@@ -606,6 +641,8 @@ class RunSession:
         if boundary.step is not None and boundary.step >= (self.saved_step or 0):
             boundary.restore(self.trainer)
             self.chunks = [dict(c) for c in self._boundary_chunks]
+            if self.saved_step == self.trainer.global_step and self.writes:
+                self.save()  # the checkpoint on disk is from inside the dropped epoch: replace it
         else:
             state = self._synced(lambda: self.store.load_checkpoint().state)
             self.trainer.load_state_dict(state)
@@ -634,7 +671,7 @@ class RunSession:
         state = self._synced(lambda: self.store.load_kept(target))
         self.trainer.load_state_dict(state)
         self.chunks = list(state.get("chunks") or [])
-        self.drop_pending("undo")
+        self.drop_pending("undo", complete=False)
         self.store.prune_kept(target)  # the undone epochs' kept checkpoints are in no timeline now
         self.logger.purge(target)
         if self._batch_logger is not None:

@@ -66,6 +66,17 @@ EXPRESSIONS = ["0.03", "0.01", "exp 0.05 gamma=0.9", "cos 0.03", "cyclic 0.001 0
 LIVE_VALUES = ["0.005", "0.02", "cyclic 0.001 0.02 period=1", "exp 0.02 gamma=0.8"]
 
 
+class SteppingClock:
+    """Each reading is ``step`` seconds after the last (the session's clock decides when to checkpoint)."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
 class SimKill(BaseException):
     """A simulated ``kill -9``: nothing after this point runs (no finally, no close, no flush)."""
 
@@ -114,6 +125,8 @@ class RunModel:
     saved: int = 0  # the epoch of the last completed checkpoint save
     chunk_starts: list[int] = field(default_factory=list)  # the session's chunks, for undo
     damaged: bool = False  # a file was damaged: kept checkpoints linked to it may be gone
+    crashed: bool = False  # a simulated kill: the journal holds work that was lost
+    forked_at: bool = False  # made by fork --at: its journal is the source's, then the fork
 
     def clone(self) -> RunModel:
         return copy.deepcopy(self)
@@ -270,6 +283,7 @@ class Lifecycle(RuleBasedStateMachine):
     def setup(self, checkpoint_every: int, save_every: float) -> None:
         self.cfg = small_config(checkpoint_every)
         self.save_every = save_every
+        self.clock = SteppingClock(0.35)
         self.models[self.name] = RunModel()
         self._open()
 
@@ -279,8 +293,10 @@ class Lifecycle(RuleBasedStateMachine):
         return self.models[self.name]
 
     def _open(self) -> None:
+        # A clock that moves 0.35 s at every reading: with save_every 0, epochs "last" long enough for
+        # mid-epoch checkpoints every few batches, so they meet every other operation too.
         self.session = RunSession.open(self.runs, self.name, self.cfg, save_every=self.save_every,
-                                       observer=self.observer)
+                                       observer=self.observer, clock=self.clock)
         self.observer.session = self.session
         self.session.load()
         self.reports = list(self.session.load_warnings)
@@ -297,9 +313,26 @@ class Lifecycle(RuleBasedStateMachine):
     def _has_schedule(self) -> bool:
         return self.session.trainer.runner is not None
 
+    def _complete_torn_epoch(self) -> None:
+        """A run standing inside an epoch finishes it first (under its pending chunk, or as it was going)."""
+        m, trainer = self.model, self.session.trainer
+        if not trainer.batch_in_epoch:
+            return
+        step = m.step
+        self.session.complete_torn_epoch()
+        covering = [c for c in m.pending if c["start"] <= step < c["start"] + c["epochs"]]
+        if covering:
+            m.trained(covering[0], step + 1)
+        else:
+            m.segments[-1].stop = step + 1
+            m.step = step + 1
+        m.boundaries.add(step + 1)
+
     def _train(self, chunks: list[dict[str, Any]], action: tuple[int, str, Any] | None, crash_at: int | None) -> None:
         """Run a command and move the model as the command should have moved the run."""
+        self._complete_torn_epoch()
         m = self.model
+        chunks = [dict(c, start=c["start"] + (m.step - chunks[0]["start"])) for c in chunks]
         self.observer.action = action
         self.faults.countdown = crash_at
         m.pending = [dict(c, changes=[]) for c in chunks]
@@ -348,6 +381,7 @@ class Lifecycle(RuleBasedStateMachine):
     def _after_kill(self) -> None:
         """The process died: reopen (as ``lrctl resume`` would) and find where the files say the run is."""
         simulate_kill(self.session)
+        self.model.crashed = True
         self.session = None
         self.observer.replies = []
         self._open()
@@ -371,6 +405,7 @@ class Lifecycle(RuleBasedStateMachine):
               ["lr", "pause", "stop", "abandon", "checkpoint"]), st.tuples(st.sampled_from(LIVE_VALUES),
                                                                       st.sampled_from(["set", "scale", "restart"])))))
     def chunk(self, epochs: int, expression: str, action) -> None:
+        self._complete_torn_epoch()
         if expression == "keep" and not self._has_schedule():
             expression = "0.02"
         start, bpe = self.model.step, self.session.trainer.batches_per_epoch
@@ -465,6 +500,7 @@ class Lifecycle(RuleBasedStateMachine):
         model = self.model.clone()
         model.truncate(at)
         model.pending = []
+        model.forked_at = True
         self.models[new] = model
         self.name = new
         self._open()
@@ -553,9 +589,22 @@ class Lifecycle(RuleBasedStateMachine):
                 self.session.close("sim")
                 self.session = None
                 self._check_against_fresh_run()
+                self._check_journal_replay()
                 self._check_runs_table()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def _check_journal_replay(self) -> None:
+        """(2) literally: ``lrctl replay`` of the journal gives the checkpoint, bit for bit (for timelines
+        without kills, damage or ``fork --at``: their journals hold work that was lost or is another run's)."""
+        from lrctl.replay import replay
+
+        m = self.model
+        if m.damaged or m.crashed or m.forked_at:
+            return
+        replay(self.runs, self.name, "journal-replay")
+        assert_states_equal(read_checkpoint(self.runs / self.name / CHECKPOINT_FILE),
+                            read_checkpoint(self.runs / "journal-replay" / CHECKPOINT_FILE))
 
     def _check_runs_table(self) -> None:
         from lrctl.runs_table import list_runs
