@@ -399,6 +399,8 @@ def _serve(args: argparse.Namespace, plan, group, session, prebuilt) -> int:
     view.banner(run_name, session.is_new, session.store.summary(), session.cfg.describe(), logdir)
     if group is not None:
         view.say(group.describe() + (f" · restart {group.restart_count}" if group.restart_count else ""))
+    if prebuilt is not None and prebuilt.data_loading:
+        view.say(f"DataLoader: {prebuilt.data_loading}")
     for problem in session.store.check_checkpoints()[1]:
         view.warn(problem)
     loader = _Loader(session, prebuilt)

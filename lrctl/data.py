@@ -178,9 +178,9 @@ def _from_factory(cfg: RunConfig) -> Split:
         raise ConfigError(f"data.factory: {spec!r} returned {type(result).__name__}; expected {what}")
     x_train, y_train, x_test, y_test = result
     for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        if x.dim() != 2 or len(x) != len(y) or len(x) == 0:
-            raise ConfigError(f"data.factory: {spec!r}: {name} features must be (N, features) with one label "
-                              f"per row; got {tuple(x.shape)} and {tuple(y.shape)}")
+        if x.dim() < 2 or len(x) != len(y) or len(x) == 0:  # (N, features) or (N, channels, h, w), ...
+            raise ConfigError(f"data.factory: {spec!r}: {name} features must be (N, features) or (N, ...) with "
+                              f"one label per row; got {tuple(x.shape)} and {tuple(y.shape)}")
     return _finish(cfg, x_train.float(), y_train, x_test.float(), y_test)
 
 

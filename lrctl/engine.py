@@ -132,6 +132,7 @@ class Trainer:
         t = cfg.train
         self._loaders = None if s.in_memory else Loaders(s, self.batch_size, self.device, t.workers,
                                                          t.eval_batch_size, t.pin_memory)
+        self.data_loading = self._loaders.describe() if self._loaders is not None else ""  # what was chosen
         self._loss_is_metric = cfg.loss == cfg.metric
         # Data-parallel (see attach): the module the batches go through, and this rank's share.
         self.group: Any = None
