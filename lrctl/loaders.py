@@ -57,16 +57,23 @@ def cores() -> int:
 
 
 def load_seconds(dataset: Any, batch_size: int, batches: int = PROBE_BATCHES) -> float:
-    """Median seconds to fetch and collate one batch of ``dataset`` in this process."""
+    """Median seconds to fetch and collate one batch of ``dataset`` in this process.
+
+    A random transform's draws here leave the generators as they were: measuring changes no result."""
+    import random
+
     from torch.utils.data import default_collate
 
     n = len(dataset)
     times = []
-    for b in range(batches):
-        rows = [(b * batch_size + i) % n for i in range(batch_size)]
-        started = time.perf_counter()
-        default_collate([dataset[i] for i in rows])
-        times.append(time.perf_counter() - started)
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        for b in range(batches):
+            rows = [(b * batch_size + i) % n for i in range(batch_size)]
+            started = time.perf_counter()
+            default_collate([dataset[i] for i in rows])
+            times.append(time.perf_counter() - started)
+    random.setstate(python_state)
     return sorted(times)[len(times) // 2]
 
 

@@ -111,3 +111,19 @@ def test_a_sharded_epoch_trains_each_row_of_every_batch_once():
     for b, whole in enumerate([order[0:4], order[4:8], order[8:9]]):
         mine = parts[0][b] + (parts[1][b] if shard(9, 4, 1, 2).scales[b] else [])
         assert sorted(set(mine)) == whole
+
+
+def test_measuring_the_load_time_draws_nothing_from_the_generators():
+    import random
+
+    class Noisy(Rows):
+        def __getitem__(self, i):
+            return self.x[i] + torch.randn(3) + random.random(), self.y[i]
+
+    torch.manual_seed(0)
+    random.seed(0)
+    expected = torch.rand(1), random.random()
+    torch.manual_seed(0)
+    random.seed(0)
+    loaders.load_seconds(Noisy(100, 0), 10)
+    assert (torch.rand(1), random.random()) == expected
