@@ -199,7 +199,7 @@ def test_digits_reach_their_stated_accuracy_and_both_paths_train_the_same(tmp_pa
     monkeypatch.chdir(tmp_path)
     for name in ("digits", "digits-tensors"):  # a Dataset with a transform via a DataLoader; sliced tensors
         assert main(["--run", name, "--config", str(REPO / "configs" / f"{name}.toml"), "--plan", "12@0.003"]) == 0
-    assert "DataLoader: 0 workers, evaluation in batches of 1024" in capsys.readouterr().out
+    assert "evaluation in batches of 1024" in capsys.readouterr().out  # the workers: measured, machine-dependent
     dataset, tensors = (read_scalars(tmp_path / "runs" / n) for n in ("digits", "digits-tensors"))
     assert [s for s, _ in dataset["test_accuracy"]] == list(range(12))
     assert dataset["test_accuracy"][-1][1] >= 0.95
