@@ -6,7 +6,6 @@ tensors and never forces a device-to-host sync: metrics are computed on the devi
 epoch and read once, with one ``tolist()``.
 
 >>> from lrctl.config import RunConfig
-from lrctl.loaders import Loaders
 >>> trainer = Trainer(RunConfig())                 # doctest: +SKIP
 >>> trainer.start_schedule(parse("0.03"), epochs=30)  # doctest: +SKIP
 >>> records = trainer.fit_rec(30)                  # doctest: +SKIP
