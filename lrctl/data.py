@@ -2,7 +2,7 @@
 
 In-memory data lives on the training device as tensors and is sliced, never fed through a
 DataLoader. A factory may instead return ``torch.utils.data.Dataset`` objects that are not plain
-tensor sets; those go through a DataLoader with workers. The order of epoch ``e``'s examples is a
+tensor sets; those go through a DataLoader (lrctl.loaders). The order of epoch ``e``'s examples is a
 pure function of ``(shuffle_seed, e)`` either way, so an epoch recomputed after a crash sees exactly
 the same batches, and a distributed rank can take a disjoint share of them.
 """
