@@ -37,3 +37,56 @@ def diabetes():
     y = (y - y.mean()) / y.std()
     n = int(len(x) * 0.7)
     return x[:n], y[:n], x[n:], y[n:]
+
+
+# -- scikit-learn's handwritten digits: 8x8 images, 10 classes, 1,797 of them (digits.toml) -----------------
+DIGITS_MEAN, DIGITS_STD = 4.88, 6.02  # of the 0..16 pixel values over the whole set
+
+
+def _digits_split():
+    """Images (N, 8, 8) as floats 0..16 and labels; a fixed 70/30 split (1,257 train, 540 test)."""
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits(return_X_y=True)
+    images = torch.tensor(images, dtype=torch.float32).reshape(-1, 8, 8)
+    labels = torch.tensor(labels, dtype=torch.long)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    n = int(len(images) * 0.7)
+    return images[order[:n]], labels[order[:n]], images[order[n:]], labels[order[n:]]
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """The transform: an (8, 8) image of 0..16 to a (1, 8, 8) one with mean 0 and std 1 over the set."""
+    return ((image - DIGITS_MEAN) / DIGITS_STD).unsqueeze(0)
+
+
+class Digits(torch.utils.data.Dataset):
+    """Images with a transform applied per item, the way torchvision's datasets work."""
+
+    def __init__(self, images, labels, transform=normalize):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def digits():
+    """(train, test) Datasets: the DataLoader path."""
+    x_train, y_train, x_test, y_test = _digits_split()
+    return Digits(x_train, y_train), Digits(x_test, y_test)
+
+
+def digits_tensors():
+    """The same data as (N, 1, 8, 8) tensors, normalised once: the in-memory path."""
+    x_train, y_train, x_test, y_test = _digits_split()
+    return normalize(x_train).transpose(0, 1), y_train, normalize(x_test).transpose(0, 1), y_test
+
+
+def digits_cnn(out_features: int = 10) -> nn.Module:
+    """Two 3x3 convolutions, a 2x2 max-pool and two linear layers: 38k parameters."""
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
+                         nn.Linear(64, out_features))

@@ -255,6 +255,8 @@ def _serve(args: argparse.Namespace, plan, group, session, prebuilt) -> int:
                     session.cfg.describe(), logdir)
         if group is not None:
             view.say(group.describe() + (f" · restart {group.restart_count}" if group.restart_count else ""))
+        if prebuilt is not None and prebuilt.data_loading:
+            view.say(f"DataLoader: {prebuilt.data_loading}")
         if damaged:
             for warning in session.load_warnings:
                 view.warn(warning)

@@ -1,194 +1,285 @@
-"""Benchmark: lrctl's engine against a bare PyTorch loop, the lesson's DataLoader loop and Lightning.
+"""Benchmark: every path a user can take through lrctl, each against its bare PyTorch equivalent.
 
 ::
 
-    $ python -m lrctl.bench                 # lesson workload at 1,000 and 20,000 rows, + first prompt
-    $ python -m lrctl.bench --rounds 9 --rows 1000 --no-prompt
-    $ python -m lrctl.bench --lr-finders    # the lr finders against the 10-epoch truth (lrctl.lrtruth)
+    $ python -m lrctl.bench                     # every path, peak memory, chunk cost, first prompt
+    $ python -m lrctl.bench --paths digits big --rounds 3 --no-prompt
+    $ python -m lrctl.bench --device cuda       # the GPU rows (scripts/gpu-check runs this)
+    $ python -m lrctl.bench --lr-finders        # the lr finders against the 10-epoch truth (lrctl.lrtruth)
 
-All loops train the same model on the same data with the same batch size and the same full-set
-evaluation after every epoch, in one process, in interleaved rounds (the VM is noisy: compare the
-ratios from one run). lrctl is measured through a real :class:`~lrctl.session.RunSession` with its
-default TensorBoard logging and checkpoint cadence on. Time to first prompt is measured through a
-pseudo-terminal for a new and a resumed run.
+Paths: in-memory tensors (the lesson's regression at 1,000 and 20,000 rows, its classification, a
+CSV file), a Dataset with a per-item transform through a DataLoader without and with worker
+processes (scikit-learn's digits and the 38k-parameter CNN of ``configs/digits.toml``), and a
+10M-parameter MLP. Each bare loop is what a PyTorch user writes: shuffled batches, ``zero_grad``,
+``backward``, ``step``, then the train and test metric over the whole sets read with ``.item()``;
+the DataLoader loops use ``DataLoader(shuffle=True)`` and evaluate in batches of 1,000 (PyTorch's
+MNIST example). lrctl runs through a real :class:`~lrctl.session.RunSession` with TensorBoard logging
+and the default checkpoint cadence (every 5 s and at every chunk end). Each row's loops train the
+same model on the same data in one process, in interleaved rounds (the VM is noisy: compare the
+ratios within a run).
+
+Peak memory is each loop's own: it is built and trained alone in a fresh interpreter after a warm-up,
+and the rise of the resident high-water mark is reported (CPU, Linux; the training process only, not
+DataLoader workers), or ``torch.cuda.max_memory_allocated`` on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from lrctl._bench_loops import (
+    EXAMPLES,
+    bare_dataloader,
+    bare_tensors,
+    digits_factories,
+    lesson_dataloader,
+    lightning_loop,
+)
 from lrctl.config import RunConfig, with_overrides
-from lrctl.data import build_split, epoch_order
-from lrctl.models import build_model
+
+Loop = Callable[[int], None]
 
 
-def _config(rows: int, device: str = "cpu") -> RunConfig:
-    return with_overrides(RunConfig(), [f"data.rows={rows}", f"train.device=\"{device}\""])
+@dataclass
+class Workload:
+    """One path a user can take: lrctl's config, its lr, and the bare loop that does the same work."""
+
+    name: str
+    what: str
+    overrides: list[str]
+    epochs: int
+    bare: Callable[[RunConfig, torch.device, float], Loop]
+    lr: float = 0.01
+    threads: int = 1
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    extra: dict[str, Callable[[RunConfig], Loop | None]] = field(default_factory=dict)
 
 
-def _evaluate(model: torch.nn.Module, split) -> None:
-    """The baselines' per-epoch full-set MSE on train and test, read back as a user's loop would."""
-    model.eval()
-    with torch.no_grad():
-        torch.nn.functional.mse_loss(model(split.x_train), split.y_train).item()
-        torch.nn.functional.mse_loss(model(split.x_test), split.y_test).item()
-
-
-def bare_loop(cfg: RunConfig) -> Callable[[int], None]:
-    """The hand-written baseline: slice in-memory tensors, SGD, full-set MSE after each epoch."""
-    device = torch.device(cfg.train.device)
-    split = build_split(cfg).to(device)
-    model = build_model(cfg, split.in_features).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.03)
-    loss_fn = torch.nn.functional.mse_loss
-    bs = cfg.train.batch_size
-    n = len(split.x_train)
-    state = {"epoch": 0}
-
-    def run(epochs: int) -> None:
-        for _ in range(epochs):
-            order = epoch_order(n, 0, state["epoch"], device)
-            xs, ys = split.x_train[order], split.y_train[order]
-            model.train()
-            for i in range(0, n, bs):
-                loss = loss_fn(model(xs[i:i + bs]), ys[i:i + bs])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            _evaluate(model, split)
-            state["epoch"] += 1
-
-    return run
-
-
-def dataloader_loop(cfg: RunConfig) -> Callable[[int], None]:
-    """The lesson's ``fit_rec`` style: a shuffled DataLoader over a TensorDataset."""
-    from torch.utils.data import DataLoader, TensorDataset
-
-    split = build_split(cfg)
-    model = build_model(cfg, split.in_features)
-    opt = torch.optim.SGD(model.parameters(), lr=0.03)
-    loss_fn = torch.nn.functional.mse_loss
-    loader = DataLoader(TensorDataset(split.x_train, split.y_train), batch_size=cfg.train.batch_size, shuffle=True)
-
-    def run(epochs: int) -> None:
-        for _ in range(epochs):
-            model.train()
-            for x, y in loader:
-                loss = loss_fn(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            _evaluate(model, split)
-
-    return run
-
-
-def lrctl_engine(cfg: RunConfig, workdir: Path, name: str) -> Callable[[int], None]:
+# -- lrctl -----------------------------------------------------------------------------------------------
+def lrctl_loop(cfg: RunConfig, workdir: Path, name: str, expression: str) -> Loop:
     """lrctl as a user runs it: a RunSession with TensorBoard logging and the default checkpoint cadence."""
-    from lrctl.session import RunSession
+    from lrctl.session import Observer, RunSession
 
-    session = RunSession.open(workdir, name, cfg)
+    class Chunks(Observer):
+        """Adds up the epochs' own durations: a chunk's fixed cost is its wall time minus them."""
+
+        epoch_seconds = 0.0
+
+        def epoch_done(self, record, metric) -> None:
+            self.epoch_seconds += record.seconds
+
+    chunks = Chunks()
+    session = RunSession.open(workdir, name, cfg, observer=chunks)
     session.load()
 
     def run(epochs: int) -> None:
-        session.train(epochs, "0.03")
+        session.train(epochs, expression)
 
-    run.session = session  # type: ignore[attr-defined]
+    run.session, run.chunks = session, chunks  # type: ignore[attr-defined]
     return run
 
 
-def lightning_loop(cfg: RunConfig, idiomatic: bool = True) -> Callable[[int], None] | None:
-    """The workload under Lightning. ``idiomatic``: as its docs write it, the full-set train and test
-    metrics computed by Lightning's validation loop and recorded with ``self.log``; otherwise a lean
-    variant that evaluates by hand in ``on_train_epoch_end``."""
-    import logging
-    import warnings
+def chunk_cost_ms(run: Loop, repeats: int = 7) -> float:
+    """Median cost of a one-epoch chunk beyond its epoch (the fsynced command record, the epoch's
+    TensorBoard write, the chunk-end checkpoint): the chunk's wall time minus the epoch's own time,
+    both measured around the same chunk, so it cannot come out negative."""
+    costs = []
+    chunks = run.chunks  # type: ignore[attr-defined]
+    for _ in range(repeats):
+        chunks.epoch_seconds = 0.0
+        started = time.perf_counter()
+        run(1)
+        costs.append((time.perf_counter() - started - chunks.epoch_seconds) * 1000)
+    return statistics.median(costs)
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="lightning")
-    warnings.filterwarnings("ignore", module="pytorch_lightning")
-    try:
-        import lightning.pytorch as pl
-    except ImportError:
-        try:
-            import pytorch_lightning as pl
-        except ImportError:
-            return None
-    from torch.utils.data import DataLoader, TensorDataset
 
-    split = build_split(cfg)
-    net = build_model(cfg, split.in_features)
+# -- the paths -------------------------------------------------------------------------------------------
+def _csv_file(workdir: Path, rows: int = 5000) -> Path:
+    """A regression CSV (8 features, one target) written once for the CSV path."""
+    path = workdir / "bench.csv"
+    if not path.exists():
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(rows, 8, generator=g)
+        y = x @ torch.linspace(-2, 2, 8) + 0.1 * torch.randn(rows, generator=g)
+        lines = [",".join([*(f"f{i}" for i in range(8)), "target"])]
+        lines += [",".join(f"{v:.6f}" for v in (*xs.tolist(), t)) for xs, t in zip(x, y.tolist(), strict=True)]
+        path.write_text("\n".join(lines) + "\n")
+    return path
 
-    class Module(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
 
-        def training_step(self, batch, _):
-            x, y = batch
-            return torch.nn.functional.mse_loss(self.net(x), y)
+def paths(workdir: Path) -> list[Workload]:
+    digits = ['data.source="factory"', f'data.factory="{EXAMPLES}:digits"', 'data.task="classification"',
+              'model.kind="factory"', f'model.factory="{EXAMPLES}:digits_cnn"', "model.seed=0",
+              'train.optimizer="adam"', "train.batch_size=32"]
+    big_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return [
+        Workload("lesson", "tensors: lesson regression, 1,000 rows, MLP 5-4-4-1", [], 100, bare_tensors,
+              extra={"DataLoader loop": lesson_dataloader, "Lightning": lightning_loop}),
+        Workload("lesson-20k", "tensors: lesson regression, 20,000 rows", ["data.rows=20000"], 5, bare_tensors),
+        Workload("classification", "tensors: lesson classification, 1,500 rows, 3 classes",
+              ['data.source="lesson-classification"'], 60, bare_tensors),
+        Workload("csv", "tensors: CSV file, 5,000 rows x 8 features, MLP 8-32-16-1",
+              ['data.source="csv"', f'data.path="{_csv_file(workdir)}"', 'data.target="target"',
+               "model.hidden=[32, 16]"], 20, bare_tensors),
+        Workload("digits", "Dataset + DataLoader, 0 workers: digits, CNN 38k", [*digits, "train.workers=0"], 4,
+                 bare_dataloader, lr=0.003),
+        Workload("digits-workers", "Dataset + DataLoader, 2 workers: digits, CNN 38k", [*digits, "train.workers=2"],
+                 4, bare_dataloader, lr=0.003),
+        Workload("big", "tensors: 10M-parameter MLP 5-2240-2240-2240-1", ["model.hidden=[2240, 2240, 2240]",
+                 'model.batch_norm="none"', f"train.threads={big_threads}"], 2, bare_tensors, lr=0.001,
+                 threads=big_threads),
+    ]
 
-        def validation_step(self, batch, _, dataloader_idx=0):
-            x, y = batch
-            self.log(("train_mse", "test_mse")[dataloader_idx], torch.nn.functional.mse_loss(self.net(x), y),
-                     add_dataloader_idx=False)
 
-        def on_train_epoch_end(self) -> None:
-            if idiomatic:
-                return
-            self.net.eval()
-            with torch.no_grad():
-                torch.nn.functional.mse_loss(self.net(split.x_train), split.y_train).item()
-                torch.nn.functional.mse_loss(self.net(split.x_test), split.y_test).item()
-            self.net.train()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.03)
-
-    module = Module()
-    loader = DataLoader(TensorDataset(split.x_train, split.y_train), batch_size=cfg.train.batch_size, shuffle=True)
-    full_sets = [DataLoader(TensorDataset(x, y), batch_size=len(x))
-                 for x, y in ((split.x_train, split.y_train), (split.x_test, split.y_test))]
-
+def _with_threads(threads: int, loop: Loop) -> Loop:
+    """Every loop runs with its path's thread count (lrctl's own choice; torch's setting is process-wide)."""
     def run(epochs: int) -> None:
-        trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                             num_sanity_val_steps=0, limit_val_batches=1.0 if idiomatic else 0)
-        trainer.fit(module, loader, full_sets if idiomatic else None)
+        torch.set_num_threads(threads)
+        loop(epochs)
 
+    run.__dict__.update(loop.__dict__)
     return run
 
 
-def measure(loops: dict[str, Callable[[int], None]], epochs: int, rounds: int) -> dict[str, float]:
-    """Median ms per epoch of each loop over interleaved rounds (after one warm-up round)."""
+def build_loops(p: Workload, device: str, workdir: Path, tag: str) -> dict[str, Loop]:
+    cfg = with_overrides(RunConfig(), [*p.overrides, f'train.device="{device}"'])
+    torch.set_num_threads(p.threads)
+    loops = {"bare": p.bare(cfg, torch.device(device), p.lr),
+             "lrctl": lrctl_loop(cfg, workdir, f"{p.name}-{device}-{tag}", f"{p.lr:g}")}
+    if device == "cpu":
+        for name, make in p.extra.items():
+            loop = make(cfg)
+            if loop is not None:
+                loops[name] = loop
+    return {name: _with_threads(p.threads, loop) for name, loop in loops.items()}
+
+
+def measure(loops: dict[str, Loop], epochs: int, rounds: int) -> dict[str, float]:
+    """Median ms per epoch of each loop over interleaved rounds."""
     times: dict[str, list[float]] = {name: [] for name in loops}
-    for r in range(rounds + 1):
+    for _ in range(rounds):
         for name, run in loops.items():
             started = time.perf_counter()
             run(epochs)
-            if r > 0:
-                times[name].append((time.perf_counter() - started) / epochs * 1000)
+            times[name].append((time.perf_counter() - started) / epochs * 1000)
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def chunk_overhead_ms(run: Callable[[int], None], epoch_ms: float, repeats: int = 7) -> float:
-    """What a one-epoch chunk costs beyond its epoch: the durable command record and the chunk-end save."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run(1)
-        times.append((time.perf_counter() - started) * 1000 - epoch_ms)
-    return statistics.median(times)
+def _resident_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
+def _warm_up(workdir: Path, p: Workload) -> None:
+    """What any loop pays once per process (torch._dynamo on the first optimizer step, TensorBoard, the
+    session's modules, scikit-learn), paid before memory is measured so that it is not counted."""
+    lesson = next(w for w in paths(workdir) if w.name == "lesson")
+    for loop in build_loops(lesson, "cpu", workdir, f"warm{os.getpid()}").values():
+        loop(1)
+        if hasattr(loop, "session"):
+            loop.session.close()
+    if p.name.startswith("digits"):
+        digits_factories()[0]()
+
+
+def memory_child(name: str, device: str, loop_name: str) -> float | None:
+    """In a fresh interpreter: the resident memory one loop adds at its peak while built and trained."""
+    import gc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        p = next(w for w in paths(workdir) if w.name == name)
+        _warm_up(workdir, p)
+        gc.collect()
+        try:  # reset the high-water mark to the current size (Linux >= 4.0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            return None
+        start = _resident_mb("VmRSS")
+        loop = build_loops(p, device, workdir, "mem")[loop_name]
+        loop(p.epochs)
+        peak = _resident_mb("VmHWM") - start
+        if hasattr(loop, "session"):
+            loop.session.close()
+        return peak
+
+
+def peak_memory_mb(p: Workload, device: str, workdir: Path, name: str) -> float | None:
+    """Peak memory one loop adds while it is built and trained (None where it cannot be measured).
+
+    CPU: in a fresh interpreter, after a warm-up, as the rise of its resident high-water mark (Linux;
+    the training process only, not DataLoader workers). CUDA: ``torch.cuda.max_memory_allocated``.
+    """
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        loop = build_loops(p, device, workdir, f"mem-{name}")[name]
+        loop(p.epochs)
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        if hasattr(loop, "session"):
+            loop.session.close()
+        return peak
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "lrctl.bench", "--memory-of", p.name, device, name],
+                            capture_output=True, text=True, timeout=600)
+    try:
+        return float(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+@dataclass
+class Row:
+    path: Workload
+    device: str
+    ms: dict[str, float]
+    memory: dict[str, float | None]
+    chunk_ms: float
+
+
+def bench_path(p: Workload, device: str, workdir: Path, rounds: int, memory: bool) -> Row:
+    mem = {name: peak_memory_mb(p, device, workdir, name) for name in ("bare", "lrctl")} if memory else {}
+    loops = build_loops(p, device, workdir, "time")
+    for loop in loops.values():  # warm-up: one-time imports and lazy initialisation happen here
+        loop(p.epochs)
+    ms = measure(loops, p.epochs, rounds)
+    chunk_ms = chunk_cost_ms(loops["lrctl"])
+    loops["lrctl"].session.close()  # type: ignore[attr-defined]
+    return Row(p, device, ms, mem, chunk_ms)
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def print_table(rows: list[Row]) -> None:
+    """The rows as a Markdown table (the README's)."""
+    print("\n| path | device | bare ms/epoch | lrctl ms/epoch | lrctl/bare | peak MB bare / lrctl | chunk cost ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        bare, mine = r.ms["bare"], r.ms["lrctl"]
+        print(f"| {r.path.what} | {r.device} | {bare:.1f} | {mine:.1f} | {mine / bare:.2f}x | "
+              f"{_mb(r.memory.get('bare'))} / {_mb(r.memory.get('lrctl'))} | {r.chunk_ms:.1f} |")
+    extras = [(r, name, ms) for r in rows for name, ms in r.ms.items() if name not in ("bare", "lrctl")]
+    for r, name, ms in extras:
+        print(f"\n{r.path.name} ({r.device}): {name} {ms:.1f} ms/epoch = {ms / r.ms['bare']:.2f}x bare, "
+              f"lrctl {r.ms['lrctl'] / ms:.2f}x it")
 
 
 def first_prompt_ms(workdir: Path, runs: int = 5) -> dict[str, float]:
@@ -209,32 +300,16 @@ def first_prompt_ms(workdir: Path, runs: int = 5) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in results.items()}
 
 
-def checkpoint_cost(workdir: Path) -> tuple[int, float, float]:
-    """(parameters, ms per epoch, ms per checkpoint) for a ~10M-parameter MLP on the lesson data."""
-    from lrctl.session import RunSession
-
-    cfg = with_overrides(RunConfig(), ["model.hidden=[2048, 2048, 2048]", "model.batch_norm=\"none\""])
-    session = RunSession.open(workdir, "big", cfg, save_every=1e9)
-    session.load()
-    started = time.perf_counter()
-    session.train(2, "0.001")
-    epoch_ms = (time.perf_counter() - started) / 2 * 1000
-    saves = []
-    for _ in range(3):
-        started = time.perf_counter()
-        session.save()
-        saves.append((time.perf_counter() - started) * 1000)
-    n = session.trainer.n_params
-    session.close()
-    return n, epoch_ms, statistics.median(saves)
-
-
 def main(argv: list[str] | None = None) -> int:
+    names = ["lesson", "lesson-20k", "classification", "csv", "digits", "digits-workers", "big"]
     parser = argparse.ArgumentParser(prog="python -m lrctl.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1000, 20000])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--paths", nargs="+", choices=names, default=names, help="which paths (default: all)")
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                        help="cpu, cuda, or all (cpu, and cuda when available; the default)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--no-prompt", action="store_true", help="skip the time-to-first-prompt measurement")
-    parser.add_argument("--no-big", action="store_true", help="skip the 10M-parameter checkpoint measurement")
+    parser.add_argument("--memory-of", nargs=3, metavar=("PATH", "DEVICE", "LOOP"), help=argparse.SUPPRESS)
     parser.add_argument("--lr-finders", action="store_true",
                         help="only the lr finders against the 10-epoch truth (python -m lrctl.lrtruth)")
     args = parser.parse_args(argv)
@@ -242,44 +317,44 @@ def main(argv: list[str] | None = None) -> int:
         from lrctl import lrtruth
 
         return lrtruth.main([])
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"torch {torch.__version__} · {torch.get_num_threads()} threads available · python {sys.version.split()[0]}")
+    if args.memory_of:  # a child of peak_memory_mb
+        print(memory_child(*args.memory_of))
+        return 0
+    cuda = torch.cuda.is_available()
+    devices = {"cpu": ["cpu"], "cuda": ["cuda"], "all": ["cpu"] + (["cuda"] if cuda else [])}[args.device]
+    if "cuda" in devices and not cuda:
+        print("no CUDA device: nothing to measure on cuda", file=sys.stderr)
+        return 1
+    print(f"torch {torch.__version__} · {torch.get_num_threads()} threads available · python {sys.version.split()[0]}"
+          + (f" · {torch.cuda.get_device_name()}" if cuda else ""))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
+        rows = []
         for device in devices:
-            for rows in args.rows:
-                cfg = _config(rows, device)
-                epochs = max(3, 100_000 // rows)
-                torch.set_num_threads(1)  # lrctl's choice for small models; the baselines get the same
-                loops: dict[str, Callable[[int], None]] = {"bare loop": bare_loop(cfg),
-                                                           "lrctl": lrctl_engine(cfg, workdir, f"{device}{rows}")}
-                if device == "cpu":
-                    loops["DataLoader loop"] = dataloader_loop(cfg)
-                    lightning = lightning_loop(cfg)
-                    if lightning is not None:
-                        loops["Lightning"] = lightning
-                        loops["Lightning, lean"] = lightning_loop(cfg, idiomatic=False)
-                result = measure(loops, epochs, args.rounds)
-                chunk_ms = chunk_overhead_ms(loops["lrctl"], result["lrctl"])
-                loops["lrctl"].session.close()  # type: ignore[attr-defined]
-                base = result["bare loop"]
-                print(f"\n{device}, {rows} rows ({int(rows * 0.7)} train, batch 50), {epochs} epochs x "
-                      f"{args.rounds} rounds, median ms/epoch:")
-                for name, ms in result.items():
-                    print(f"  {name:<16} {ms:8.2f} ms   {ms / base:5.2f}x bare")
-                print(f"  lrctl's fixed cost per chunk (journal + pending fsync, chunk-end checkpoint): "
-                      f"{chunk_ms:.1f} ms")
-                if "Lightning" not in result and device == "cpu":
-                    print("  (Lightning not installed: pip install lightning to include it)")
-        if not args.no_big:
-            n, epoch_ms, save_ms = checkpoint_cost(workdir)
-            print(f"\n{n / 1e6:.1f}M-parameter MLP: {epoch_ms:.0f} ms/epoch, {save_ms:.0f} ms per checkpoint; at the "
-                  f"default 5 s cadence that is {save_ms / max(5000, epoch_ms) * 100:.1f}% of training time")
-        if not args.no_prompt:
+            for p in paths(workdir):
+                if p.name not in args.paths or device not in p.devices:
+                    continue
+                if p.name.startswith("digits") and not _have_digits():
+                    print(f"{p.name}: skipped (needs scikit-learn and {EXAMPLES}: pip install -e '.[examples]')")
+                    continue
+                row = bench_path(p, device, workdir, args.rounds, not args.no_memory)
+                rows.append(row)
+                print(f"  {p.name} ({device}): bare {row.ms['bare']:.1f}, lrctl {row.ms['lrctl']:.1f} ms/epoch",
+                      flush=True)
+        print_table(rows)
+        if not args.no_prompt and "cpu" in devices:
             prompt = first_prompt_ms(workdir)
             print("\ntime to first prompt (pseudo-terminal, median of 5): "
                   + ", ".join(f"{k} {v:.0f} ms" for k, v in prompt.items()))
     return 0
+
+
+def _have_digits() -> bool:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return False
+    return EXAMPLES.exists()
 
 
 if __name__ == "__main__":

@@ -100,6 +100,10 @@ class TrainConfig:
     threads: int = _f(0, "torch CPU threads, 0..1024; 0 = auto (1 for small models, where one thread is fastest)")
     device: str = _f("cpu", "cpu | cuda | cuda:N | mps | auto (cuda when available)")
     checkpoint_every: int = _f(0, "also checkpoint every N epochs (0: only --save-every seconds, chunk ends, exit)")
+    workers: int = _f(-1, "Dataset factories: DataLoader worker processes; -1 = measured (0 unless loading a "
+                          "batch is slow and a core is free)")
+    eval_batch_size: int = _f(0, "Dataset factories: rows per evaluation batch; 0 = as many as fit 16 MiB of input")
+    pin_memory: str = _f("auto", "Dataset factories: auto (pin for CUDA) | true | false")
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,7 @@ _CHOICES = {
     ("train", "order"): {"lesson", "seeded"},
     ("train", "loss"): {"auto", "mse", "cross-entropy", "bce", "l1", "huber"},
     ("train", "metric"): {"auto", "mse", "accuracy", "mae"},
+    ("train", "pin_memory"): {"auto", "true", "false"},
 }
 
 
@@ -252,6 +257,8 @@ def validate(cfg: RunConfig) -> list[str]:
     check("train.weight_decay", t.weight_decay >= 0, "must be >= 0 (0 = none)")
     check("train.checkpoint_every", t.checkpoint_every >= 0, "must be >= 0 (0 = time-based only)")
     check("train.threads", 0 <= t.threads <= MAX_THREADS, f"must be between 0 (auto) and {MAX_THREADS}")
+    check("train.workers", t.workers >= -1, "must be >= 0, or -1 (measured)")
+    check("train.eval_batch_size", t.eval_batch_size >= 0, "must be >= 0 (0 = auto)")
     dev = t.device
     if not (dev in {"cpu", "cuda", "auto", "mps"} or (dev.startswith("cuda:") and dev[5:].isdigit())):
         problems.append(f"train.device: {dev!r} is not cpu, cuda, cuda:N, mps or auto")
@@ -461,7 +468,8 @@ def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
 
 
 # Where and how fast a run trains, not what it is: they may change between sessions freely.
-RUNTIME_KEYS = {("train", "device"), ("train", "threads"), ("train", "checkpoint_every")}
+RUNTIME_KEYS = {("train", "device"), ("train", "threads"), ("train", "checkpoint_every"), ("train", "workers"),
+                ("train", "eval_batch_size"), ("train", "pin_memory")}
 
 
 def diff(old: RunConfig, new: RunConfig, runtime: bool = False) -> list[str]:

@@ -2,7 +2,7 @@
 
 In-memory data lives on the training device as tensors and is sliced, never fed through a
 DataLoader. A factory may instead return ``torch.utils.data.Dataset`` objects that are not plain
-tensor sets; those go through a DataLoader with workers. Epoch ``e``'s order of the examples is
+tensor sets; those go through a DataLoader (lrctl.loaders). Epoch ``e``'s order of the examples is
 either the one the lesson's ``DataLoader(shuffle=True)`` draws (a stream whose state is checkpointed)
 or a pure function of ``(shuffle_seed, e)`` (:class:`EpochOrders`); either way an epoch recomputed
 after a crash sees exactly the same batches, and a distributed rank can take a disjoint share of them.
@@ -202,9 +202,9 @@ def from_objects(cfg: RunConfig, result: Any, who: str) -> Split:
         raise ConfigError(f"{who} {type(result).__name__}; expected {what}")
     x_train, y_train, x_test, y_test = (t.detach() for t in result)
     for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        if x.dim() != 2 or len(x) != len(y) or len(x) == 0:
+        if x.dim() < 2 or len(x) != len(y) or len(x) == 0:  # (N, features) or (N, channels, h, w), ...
             raise ConfigError(f"{who} {name} features of shape {tuple(x.shape)} and labels {tuple(y.shape)}; "
-                              "features must be (N, features) with one label per row")
+                              "features must be (N, features) or (N, ...) with one label per row")
     return _finish(cfg, x_train.float(), y_train, x_test.float(), y_test)
 
 

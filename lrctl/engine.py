@@ -28,6 +28,7 @@ from torch import nn
 
 from lrctl import data as data_mod
 from lrctl.config import RunConfig
+from lrctl.loaders import Loaders
 from lrctl.lr_runner import ScheduleRunner
 from lrctl.models import build_model
 from lrctl.schedules import ScheduleSpec
@@ -88,12 +89,16 @@ def resolve_device(name: str) -> torch.device:
 
 def build_optimizer(cfg: RunConfig, params: Any, lr: float = 0.01) -> torch.optim.Optimizer:
     t = cfg.train
+    # foreach (one op over all parameters) on the CPU too, where torch defaults to a Python loop over them:
+    # Adam on the digits CNN (10 tensors) steps in 1.05 instead of 1.4 ms. (torch picks it on CUDA anyway.)
+    foreach = True
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay,
+                               foreach=foreach)
     if t.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.RMSprop(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay, foreach=foreach)
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[t.optimizer]
-    return cls(params, lr=lr, weight_decay=t.weight_decay)
+    return cls(params, lr=lr, weight_decay=t.weight_decay, foreach=foreach)
 
 
 class Trainer:
@@ -141,7 +146,10 @@ class Trainer:
         s = self.split
         small = s.in_memory and (s.x_train.numel() + s.x_test.numel()) * s.x_train.element_size() <= EVAL_CONCAT_BYTES
         self._x_eval = torch.cat([s.x_train, s.x_test]) if small else None
-        self._loaders = None if s.in_memory else _Loaders(s, self.batch_size, self.device)
+        t = cfg.train
+        self._loaders = None if s.in_memory else Loaders(s, self.batch_size, self.device, t.workers,
+                                                         t.eval_batch_size, t.pin_memory)
+        self.data_loading = self._loaders.describe() if self._loaders is not None else ""  # what was chosen
         self._loss_is_metric = cfg.loss == cfg.metric
         # Data-parallel (see attach): the module the batches go through, and this rank's share.
         self.group: Any = None
@@ -479,77 +487,3 @@ def _copy_into(old: Any, new: Any) -> Any:
         old_items = old if isinstance(old, (list, tuple)) and len(old) == len(new) else [None] * len(new)
         return type(new)(_copy_into(o, v) for o, v in zip(old_items, new, strict=True))
     return copy.deepcopy(new)
-
-
-class _EpochSampler(torch.utils.data.Sampler):
-    """Yields the batches (lists of row indices) set for the current epoch; iterated in the main process,
-    so workers need no state."""
-
-    def __init__(self, n: int, batch_size: int) -> None:
-        self.n, self.batch_size = n, batch_size
-        self.shard: data_mod.Shard | None = None
-        self.batches: list[list[int]] = []
-
-    def set_order(self, order: list[int]) -> None:
-        if self.shard is not None:
-            mine = [order[p] for p in self.shard.positions]
-            self.batches = [mine[a:z] for a, z in self.shard.bounds]
-        else:
-            bs = self.batch_size
-            self.batches = [order[i:i + bs] for i in range(0, self.n, bs)]
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-class _Loaders:
-    """DataLoaders (with workers) for Datasets that are not in-memory tensors."""
-
-    def __init__(self, split: data_mod.Split, batch_size: int, device: torch.device) -> None:
-        from torch.utils.data import DataLoader
-
-        workers = min(2, torch.get_num_threads(), max(1, (len(split.train_set) // batch_size) // 4))
-        self.device, self.split = device, split
-        self.sampler = _EpochSampler(len(split.train_set), batch_size)
-        self.common = {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": device.type == "cuda"}
-        self.train_loader = DataLoader(split.train_set, batch_sampler=self.sampler, **self.common)
-        self.eval_loaders = [DataLoader(s, batch_size=batch_size, shuffle=False, **self.common)
-                             for s in (split.train_set, split.test_set)]
-        self.batch_size = batch_size
-
-    def shard(self, shard: data_mod.Shard, rank: int, world: int) -> None:
-        """Train on this rank's part of every batch; evaluate this rank's part of each set."""
-        from torch.utils.data import DataLoader, Subset
-
-        self.sampler.shard = shard
-        self.eval_loaders = []
-        for dataset in (self.split.train_set, self.split.test_set):
-            start, stop = data_mod.shard_range(len(dataset), rank, world)
-            self.eval_loaders.append(DataLoader(Subset(dataset, range(start, stop)), batch_size=self.batch_size,
-                                                shuffle=False, **self.common))
-
-    def train(self, order: torch.Tensor):
-        self.sampler.set_order(order.tolist())
-        for x, y in self.train_loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def evaluate(self, model: nn.Module, metric_fn, loss_fn) -> tuple[torch.Tensor, list[int]]:
-        """Sums over the sets of per-batch means weighted by batch size (train, test, train loss), and the counts."""
-        sums, counts = [], []
-        for i, loader in enumerate(self.eval_loaders):
-            metric_sum = loss_sum = torch.zeros((), device=self.device)
-            count = 0
-            for x, y in loader:
-                x, y = x.to(self.device), y.to(self.device)
-                pred = model(x)
-                metric_sum = metric_sum + metric_fn(pred, y) * len(x)
-                if i == 0:
-                    loss_sum = loss_sum + loss_fn(pred, y) * len(x)
-                count += len(x)
-            sums += [metric_sum] + ([loss_sum] if i == 0 else [])
-            counts += [count] + ([count] if i == 0 else [])
-        train, loss, test = sums
-        return torch.stack([train, test, loss]), [counts[0], counts[2], counts[1]]

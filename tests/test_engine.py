@@ -154,6 +154,7 @@ def _frames():
         frame = frame.f_back
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_batch_loop_is_sync_free_on_cuda():
     trainer = Trainer(with_overrides(RunConfig(), ["train.device=\"cuda\""]))
