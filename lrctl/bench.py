@@ -309,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--no-prompt", action="store_true", help="skip the time-to-first-prompt measurement")
+    parser.add_argument("--no-state-costs", action="store_true",
+                        help="skip the epoch-boundary copy and mid-epoch checkpoint costs (lesson and 10M)")
     parser.add_argument("--memory-of", nargs=3, metavar=("PATH", "DEVICE", "LOOP"), help=argparse.SUPPRESS)
     parser.add_argument("--lr-finders", action="store_true",
                         help="only the lr finders against the 10-epoch truth (python -m lrctl.lrtruth)")
@@ -342,11 +344,52 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {p.name} ({device}): bare {row.ms['bare']:.1f}, lrctl {row.ms['lrctl']:.1f} ms/epoch",
                       flush=True)
         print_table(rows)
+        if "cpu" in devices and not args.no_state_costs:
+            print("\nkeeping a run safe (median ms; an epoch of the 10M model is about 2 s here):")
+            for label, hidden in (("lesson", [4, 4]), ("10M", [2240, 2240, 2240])):
+                costs = state_costs_ms(workdir, hidden, label)
+                print(f"  {label} ({costs['params']:,} parameters): epoch-boundary copy "
+                      f"{costs['epoch-boundary copy']:.2f} ms, "
+                      f"mid-epoch checkpoint {costs['mid-epoch checkpoint']:.1f} ms")
         if not args.no_prompt and "cpu" in devices:
             prompt = first_prompt_ms(workdir)
             print("\ntime to first prompt (pseudo-terminal, median of 5): "
                   + ", ".join(f"{k} {v:.0f} ms" for k, v in prompt.items()))
     return 0
+
+
+def state_costs_ms(workdir: Path, hidden: list[int], label: str, repeats: int = 5) -> dict[str, float]:
+    """What keeping a run safe costs at one model size: the in-memory copy taken at every epoch boundary
+    (so Ctrl-C twice drops only the running epoch) and a checkpoint written between two batches
+    (mid-epoch, on the --save-every cadence of a long epoch, or at SIGTERM/SIGUSR1), medians in ms."""
+    from lrctl.engine import EpochSnapshot
+    from lrctl.session import Observer, RunSession
+
+    cfg = with_overrides(RunConfig(), [f"model.hidden={hidden}", 'model.batch_norm="none"', "data.rows=1000"])
+    session = RunSession.open(workdir, f"state-costs-{label}", cfg, save_every=float("inf"))
+    session.load()
+    trainer, snapshot = session.trainer, EpochSnapshot()
+    times: dict[str, list[float]] = {"epoch-boundary copy": [], "mid-epoch checkpoint": []}
+
+    class AtBatch(Observer):
+        wants_batches = True
+
+        def batch_done(self, batch: int, batches: int) -> None:
+            if batch == 2:
+                start = time.perf_counter()
+                session.save()
+                times["mid-epoch checkpoint"].append(time.perf_counter() - start)
+
+    session.observer = AtBatch()
+    session.train(1, "0.0001")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        snapshot.take(trainer)
+        times["epoch-boundary copy"].append(time.perf_counter() - start)
+        session.train(1, "keep")
+    session.close()
+    params = sum(p.numel() for p in trainer.model.parameters())
+    return {"params": params, **{k: statistics.median(v) * 1e3 for k, v in times.items()}}
 
 
 def _have_digits() -> bool:

@@ -410,7 +410,7 @@ class Trainer:
         return records
 
     # -- state -------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, history: bool = True) -> dict[str, Any]:
         """Everything needed to continue bit-for-bit (plain tensors and containers only)."""
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
@@ -420,7 +420,8 @@ class Trainer:
             rng["order"] = self._order_state_before if self.batch_in_epoch else self.orders.state()
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "schedule": self.runner.state_dict() if self.runner is not None else None,
-                 "global_step": self.global_step, "rng": rng, "history": list(self.history), "lr": self.lr,
+                 "global_step": self.global_step, "rng": rng, "history": list(self.history) if history else None,
+                 "lr": self.lr,
                  "batches_per_epoch": self.batches_per_epoch}
         if self.batch_in_epoch:  # taken at a batch boundary inside an epoch (see :meth:`fit_rec`)
             state["mid_epoch"] = {"batch": self.batch_in_epoch, "start_lr": self._epoch_start_lr,
@@ -461,10 +462,10 @@ class EpochSnapshot:
         self.step: int | None = None
 
     def take(self, trainer: Trainer) -> None:
-        state = trainer.state_dict()
-        history = state.pop("history")  # only ever appended to: its length is enough
+        state = trainer.state_dict(history=False)  # the history is only ever appended to: its length is enough
+        state.pop("history")
         self.state = _copy_into(self.state, state)
-        self.state["history_length"] = len(history)
+        self.state["history_length"] = len(trainer.history)
         self.step = trainer.global_step
 
     def restore(self, trainer: Trainer) -> None:

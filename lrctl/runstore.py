@@ -298,7 +298,7 @@ class RunStore:
 
         buffer = io.BytesIO()
         torch.save({**state, "lrctl_version": __version__}, buffer)
-        data = buffer.getvalue()
+        data = buffer.getbuffer()  # no copy of the bytes (38 MB at 10M parameters)
         sha = hashlib.sha256(data).hexdigest()
         latest, previous = self.dir / CHECKPOINT_FILE, self.dir / PREVIOUS_CHECKPOINT_FILE
         meta = self.read_meta()
