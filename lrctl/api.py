@@ -332,19 +332,18 @@ class Run:
             self._session = session
             _OPEN[session.store.dir.resolve()] = self
 
-    def find_lr(self, start: float = 1e-6, end: float = 1.0, batches: int = 100) -> float:
+    def find_lr(self, start: float = 1e-5, end: float = 1.0, batches: int | None = None) -> float | None:
         """The lr range test from the current state (the run is not changed); shows the chart and returns
-        the suggested lr (the valley)."""
+        the suggested lr, or None when the sweep cannot tell (it says why)."""
         from lrctl.lrfind import log_sweep, range_test
         from lrctl.plots import lr_chart
 
         session = self._live()
         result = range_test(session.trainer, start, end, batches)
         logdir = log_sweep(session.store.runs_dir, session.store.name, session.global_step, result)
-        self.view.say(lr_chart(result.lrs, result.losses, {"valley": result.valley, "steepest": result.steepest}))
-        self.view.say(f"suggested lr: {result.valley:.3g} (valley); steepest descent at {result.steepest:.3g} · "
-                      f"sweep in TensorBoard: {logdir}")
-        return float(f"{result.valley:.3g}")
+        self.view.say(lr_chart(result.lrs, result.losses, result.marks()))
+        self.view.say(f"{result.summary()} · sweep in TensorBoard: {logdir}")
+        return None if result.suggestion is None else float(f"{result.suggestion:.3g}")
 
     def undo(self) -> int:
         """Back to where the last chunk began (model, optimizer, schedule, step). Returns that epoch."""

@@ -225,7 +225,7 @@ class Trainer:
 
         if spec.name == "keep":
             raise ValueError("keep is not a change; give a learning rate or a schedule")
-        if mode not in ("set", "scale", "restart"):
+        if mode not in ("set", "scale", "restart", "schedule"):  # 'schedule': as recorded, replayed
             raise ValueError(f"unknown lr mode {mode!r}: use set, scale or restart")
         runner = self.runner
         args = (self.optimizer, self.global_step, remaining_epochs, self.batches_per_epoch, self.metric_mode)
@@ -417,7 +417,8 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         if self.orders.generator is not None:
             # Mid-epoch, the stream as it was before this epoch's draw: a resumed epoch draws the same order.
-            rng["order"] = self._order_state_before if self.batch_in_epoch else self.orders.state()
+            drawn = self._order is not None and self._order[0] == self.global_step
+            rng["order"] = self._order_state_before if self.batch_in_epoch and drawn else self.orders.state()
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "schedule": self.runner.state_dict() if self.runner is not None else None,
                  "global_step": self.global_step, "rng": rng, "history": list(self.history) if history else None,

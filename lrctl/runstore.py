@@ -287,12 +287,14 @@ class RunStore:
         except (OSError, ValueError):
             return {}
 
-    def save_checkpoint(self, state: dict[str, Any], summary: dict[str, Any]) -> str:
+    def save_checkpoint(self, state: dict[str, Any], summary: dict[str, Any], replace_latest: bool = False) -> str:
         """Atomically make ``state`` the latest checkpoint; the current one becomes ``checkpoint.prev.pt``.
 
         The checksum file is written first, listing the new file's sha256 *and* the current
         one's, so every moment of a crash leaves a loadable, verifiable checkpoint behind. A current
-        file that does not verify (damaged) is not kept as the previous one. Returns the new sha256.
+        file that does not verify (damaged) is not kept as the previous one, nor is one that
+        ``replace_latest`` says is from a dropped timeline (an abandoned or diverged epoch's mid-epoch
+        checkpoint). Returns the new sha256.
         """
         import torch
 
@@ -306,9 +308,13 @@ class RunStore:
         latest_sha = (self._written[1] if self._written and self._written[0] == _stat_key(latest)
                       else self._file_sha(latest))
         known = meta.get("sha256", {})
-        rotate = latest_sha is not None and latest_sha == known.get(CHECKPOINT_FILE)
+        rotate = latest_sha is not None and latest_sha == known.get(CHECKPOINT_FILE) and not replace_latest
         if rotate:
+            # The old previous file stays listed: a kill between this checksum file and the renames
+            # leaves it in place, and it must still verify then.
             good, prev_sha, prev_summary = {sha, latest_sha}, latest_sha, meta.get("summary")
+            if known.get(PREVIOUS_CHECKPOINT_FILE):
+                good.add(known[PREVIOUS_CHECKPOINT_FILE])
         else:  # the latest file is missing or damaged: the previous one stays as it is
             prev_sha = self._file_sha(previous)
             prev_ok = prev_sha is not None and prev_sha in (known.get(PREVIOUS_CHECKPOINT_FILE),

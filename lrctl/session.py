@@ -267,7 +267,7 @@ class RunSession:
         return state_summary({"global_step": t.global_step, "history": t.history,
                               "lr": t.lr if t.runner is not None else None}, self.metric)
 
-    def save(self, keep: bool = False) -> None:
+    def save(self, keep: bool = False, replace_latest: bool = False) -> None:
         """Checkpoint now (TensorBoard events first, so the checkpoint never covers scalars not on disk).
 
         ``keep``: also keep it as this epoch's checkpoint (chunk boundaries: undo and fork --at use them)."""
@@ -284,10 +284,11 @@ class RunSession:
             state["chunks"] = [dict(c) for c in self.chunks]
             pending = self.store.read_pending()
             state["pending"] = {"chunks": pending.chunks, "source": pending.source} if pending else None
-            sha = self.store.save_checkpoint(state, {**self.summary(), "saved_at": _now()})
+            sha = self.store.save_checkpoint(state, {**self.summary(), "saved_at": _now()},
+                                             replace_latest=replace_latest)
             mid = {"batch": self.trainer.batch_in_epoch} if self.trainer.batch_in_epoch else {}
             self.store.journal("saved", step=self.trainer.global_step, sha=sha, **mid)
-            if keep:
+            if keep and not self.trainer.batch_in_epoch:  # kept ones are epoch boundaries (undo, fork --at)
                 self.store.keep_checkpoint(self.trainer.global_step, self.keep)
             self.saved_step = self.trainer.global_step
             self.saved_this_session = True
@@ -642,7 +643,9 @@ class RunSession:
             boundary.restore(self.trainer)
             self.chunks = [dict(c) for c in self._boundary_chunks]
             if self.saved_step == self.trainer.global_step and self.writes:
-                self.save()  # the checkpoint on disk is from inside the dropped epoch: replace it
+                # The checkpoint on disk is from inside the dropped epoch: replace it, and keep it from
+                # becoming the fallback (it is in no timeline).
+                self.save(replace_latest=True)
         else:
             state = self._synced(lambda: self.store.load_checkpoint().state)
             self.trainer.load_state_dict(state)
