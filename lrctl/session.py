@@ -680,6 +680,7 @@ class RunSession:
         if self._batch_logger is not None:
             self._batch_logger.purge(target * self.trainer.batches_per_epoch)
         self.save(keep=True)
+        self.save()  # twice: the fallback checkpoint is this state too, never one of the undone epochs
         self.store.journal("undo", durable=True, from_step=current, to_step=target)
         self.log_intervention(f"undo: back from epoch {current} to {target}", target)
         return current, target
