@@ -224,8 +224,7 @@ def _serve(args: argparse.Namespace, plan, group, session, prebuilt) -> int:
                   "is too long a path for a Unix socket, or the platform has none")
     store = session.store
     # A damaged file: what loads, and what it means for the run, is said before any question is asked.
-    damaged = not session.is_new and bool(store.meta_problem() or store.check_checkpoints()[1]
-                                          or store.pending_problem())
+    damaged = not session.is_new and store.damage_seen_without_torch()
     loader = _Loader(session, prebuilt)
     code, reason = EXIT_OK, "quit"
     holder = [session, control]  # the REPL may continue in a fork

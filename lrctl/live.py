@@ -56,6 +56,9 @@ class LiveControl:
             self._drain(done, block=False)
             while self.paused and not host.stop.stop_after_epoch and not host.stop.abandon:
                 self._drain(done, block=True)
+                if host.stop.checkpoint_now and host.group is None:  # `c`, SIGUSR1 or the socket, while paused
+                    host.stop.checkpoint_now = False
+                    host.save_here()
 
     def _drain(self, done: int, block: bool) -> None:
         while True:

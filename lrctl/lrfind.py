@@ -131,7 +131,7 @@ def sweep(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int 
     import torch
 
     saved = copy.deepcopy(trainer.state_dict())
-    model, optimizer, loss_fn = trainer.model, trainer.optimizer, trainer.loss_fn
+    model, loss_fn = trainer.model, trainer.loss_fn
     x_eval, y_eval = _eval_rows(trainer)
 
     def measure() -> float:
@@ -151,12 +151,7 @@ def sweep(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int 
         while len(lrs) < batches and not stopped:
             for x, y in trainer.batches(epoch):
                 lr = start * (end / start) ** (len(lrs) / max(1, batches - 1))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss = loss_fn(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                step_at(trainer, lr, x, y)
                 value = measure()
                 lrs.append(lr)
                 losses.append(value)
@@ -175,6 +170,17 @@ def default_batches(trainer: Trainer) -> int:
     """100 steps, or five epochs' worth when an epoch is shorter than 20 batches (the sweep measures after
     every step, so it costs about twice its steps: ~10 epochs at most)."""
     return max(20, min(100, 5 * trainer.batches_per_epoch))
+
+
+def step_at(trainer: Trainer, lr: float, x, y):
+    """One optimizer step on batch (x, y) at ``lr`` (every sweep's step); returns the batch's loss tensor."""
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = lr
+    loss = trainer.loss_fn(trainer.model(x), y)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    trainer.optimizer.step()
+    return loss
 
 
 def range_test(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int | None = None,

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from lrctl.config import RunConfig, load
 from lrctl.engine import Diverged, Trainer
+from lrctl.lrfind import step_at
 from lrctl.schedules import parse
 
 K = 10
@@ -84,7 +85,7 @@ def classic_sweep(trainer: Trainer, start: float, end: float, iterations: int, b
     """fastai's and Lightning's range test: the loss of each batch just trained on, smoothed (debiased
     exponential average), stopped when it passes ``diverge`` times its best. Restores the trainer."""
     saved = copy.deepcopy(trainer.state_dict())
-    model, optimizer, loss_fn = trainer.model, trainer.optimizer, trainer.loss_fn
+    model = trainer.model
     lrs, losses = [], []
     average, best = 0.0, math.inf
     epoch = trainer.global_step
@@ -93,12 +94,7 @@ def classic_sweep(trainer: Trainer, start: float, end: float, iterations: int, b
         while len(lrs) < iterations:
             for x, y in trainer.batches(epoch):
                 lr = start * (end / start) ** (len(lrs) / iterations)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss = loss_fn(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                loss = step_at(trainer, lr, x, y)
                 average = beta * average + (1 - beta) * float(loss.detach())
                 smoothed = average / (1 - beta ** (len(lrs) + 1))
                 lrs.append(lr)

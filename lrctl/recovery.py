@@ -61,6 +61,8 @@ def restore(store: RunStore, trainer: Any) -> Restored | None:
         warnings.append(f"{meta_problem}; loaded {loaded.path.name} at epoch {step} unverified, "
                         "and wrote a new checksum file")
     fallback_from = None if is_latest else int(latest_summary.get("global_step", _last_saved_step(store)))
+    if fallback_from is not None and fallback_from > step:
+        warnings.append(f"loaded epoch {step}; the run had reached epoch {fallback_from}")
     pending_changed = _settle_pending(store, loaded, trainer, fallback_from, warnings)
     torn: list[int] = []
     if fallback_from is not None:
@@ -159,17 +161,21 @@ def recover(*, loaded_step: int, batches_per_epoch: int, fallback_from: int | No
         left = [c for c in rebuilt if c["start"] + c["epochs"] > loaded_step]
         if not left or left[0]["start"] <= loaded_step:
             if not left:
-                return Recovery(None, [f"{why}; no unfinished work was pending then"] if why else [],
+                return Recovery(None, [_joined(why, "no unfinished work was pending then")] if why else [],
                                 rewritten=file_problem is not None)
             text = describe_chunks(left, loaded_step)
             return Recovery(Pending(left, "recovered"),
-                            [f"{why}; the unfinished work was rebuilt from the checkpoint and the journal "
-                             f"and will be redone exactly: {text}"], rewritten=True)
+                            [_joined(why, "the unfinished work was rebuilt from the checkpoint and the journal "
+                                          f"and will be redone exactly: {text}")], rewritten=True)
         unsure = "the journal's work does not start where the loaded checkpoint is"
     dropped = file_pending.chunks if file_pending is not None else (snapshot or {}).get("chunks") or []
     text = describe_chunks(dropped, loaded_step) if dropped else "the interrupted command"
-    return Recovery(None, [f"{why}; the unfinished work cannot be redone exactly ({unsure}) and was dropped: "
-                           f"{text}. Train it again at the prompt"], rewritten=True)
+    return Recovery(None, [_joined(why, f"the unfinished work cannot be redone exactly ({unsure}) and was "
+                                        f"dropped: {text}. Train it again at the prompt")], rewritten=True)
+
+
+def _joined(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
 
 
 def _replay_journal(snapshot: dict[str, Any] | None, events: list[dict[str, Any]] | None,

@@ -241,6 +241,7 @@ class Repl:
             self._train(self.session.finish_pending)
         else:
             self.session.drop_pending("declined at the prompt")
+            self.view.say(f"dropped the interrupted work ({detail}); the journal keeps a record of it")
 
     def _train(self, command: Callable[[], ChunkOutcome]) -> ChunkOutcome:
         from lrctl.keys import KEYS_HELP, KeyReader, keys_active

@@ -153,6 +153,7 @@ class RunStore:
         self._journal: io.TextIOWrapper | None = None
         self._summary_cache: tuple[Any, dict[str, Any]] | None = None
         self._written: tuple[Any, str] | None = None  # (stat, sha256) of the checkpoint this process wrote last
+        self._loaded_latest: str | None = None  # sha256 of checkpoint.pt when it loaded (weights_only) here
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -308,7 +309,8 @@ class RunStore:
         latest_sha = (self._written[1] if self._written and self._written[0] == _stat_key(latest)
                       else self._file_sha(latest))
         known = meta.get("sha256", {})
-        rotate = latest_sha is not None and latest_sha == known.get(CHECKPOINT_FILE) and not replace_latest
+        verified = latest_sha is not None and latest_sha in (known.get(CHECKPOINT_FILE), self._loaded_latest)
+        rotate = verified and not replace_latest
         if rotate:
             # The old previous file stays listed: a kill between this checksum file and the renames
             # leaves it in place, and it must still verify then.
@@ -418,7 +420,10 @@ class RunStore:
                 elif path.parent != self.dir and not warnings:
                     warnings.append(f"{CHECKPOINT_FILE} and {PREVIOUS_CHECKPOINT_FILE} are missing")
                 warnings.append(f"falling back to {name} (epoch {state['global_step']})")
-            return LoadedCheckpoint(state, path, warnings, hashlib.sha256(data).hexdigest())
+            sha = hashlib.sha256(data).hexdigest()
+            if path.name == CHECKPOINT_FILE and path.parent == self.dir:
+                self._loaded_latest = sha
+            return LoadedCheckpoint(state, path, warnings, sha)
         raise RunError(f"run '{self.name}' has no loadable checkpoint: " + ("; ".join(warnings) or "none found")
                        + f". Nothing was deleted; inspect {self.dir}")
 
@@ -501,6 +506,15 @@ class RunStore:
             return f"{PREVIOUS_CHECKPOINT_FILE} is missing" if (self.dir / CHECKPOINT_FILE).exists() else None
         good = set(self.read_meta().get("good", []))
         return self._verified(path, good)[1]
+
+    def damage_seen_without_torch(self) -> bool:
+        """Whether opening this run will fall back, rebuild or warn (then it is loaded before any question):
+        a checkpoint file missing or not matching its checksum, or a damaged checksum or pending file."""
+        if not self.has_checkpoint():
+            return False
+        latest_missing = not (self.dir / CHECKPOINT_FILE).exists()
+        return bool(latest_missing or self.check_checkpoints()[1] or self.previous_problem() or self.meta_problem()
+                    or self.pending_problem())
 
     def meta_problem(self) -> str | None:
         """Why ``checkpoint.json`` cannot vouch for the checkpoints (missing or damaged), or None."""

@@ -566,6 +566,11 @@ class RunSession:
         if self.observer.wants_batches:
             self.observer.batch_done(batch, batches)
 
+    def save_here(self) -> None:
+        """Checkpoint at this batch boundary (mid-epoch), unless the weights are no longer finite."""
+        if self.trainer.weights_finite():
+            self.save()
+
     def _mid_epoch_save(self, batch: int, batches: int) -> None:
         """A signal ends the process: save here, mid-epoch, and leave. A long epoch: checkpoint on the
         ``save_every`` cadence (at least a second apart), so a crash loses at most that much."""

@@ -315,3 +315,35 @@ def test_fork_at_an_undone_epoch_is_refused_and_a_failed_fork_leaves_nothing(tmp
     with pytest.raises(RunError, match="keeps no checkpoint at epoch 4"):
         fork_run(runs, "r", "f", at=4)
     assert not (runs / "f").exists()
+
+
+@pytest.mark.parametrize("damage", ["delete latest", "truncate previous"])
+def test_every_damaged_checkpoint_file_is_said_before_the_first_question(tmp_path, monkeypatch, capsys, damage):
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.train(2, "0.03")
+    session.train(2, "0.01")
+    session.close()
+    if damage == "delete latest":
+        (runs / "r" / CHECKPOINT_FILE).unlink()
+        said = "checkpoint.pt is missing"
+    else:
+        prev = runs / "r" / "checkpoint.prev.pt"
+        prev.write_bytes(prev.read_bytes()[:50])
+        said = "checkpoint.prev.pt is corrupt or truncated"
+    code, out = run_main(["--run", "r", "--runs-dir", str(runs)], "", monkeypatch, capsys)  # end of input at once
+    assert code == 0 and said in out and out.index(said) < out.index("? [y/n]"), out  # the first question
+
+
+def test_a_healed_checksum_file_vouches_for_both_checkpoints_next_time(tmp_path):
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.train(2, "0.03")
+    session.close()
+    (runs / "r" / CHECKPOINT_META_FILE).unlink()
+    session = open_run(runs)
+    assert any("checksum cannot be verified" in w for w in session.load_warnings)
+    session.close()
+    session = open_run(runs)
+    assert session.load_warnings == []  # no false "previous checkpoint damaged" after the heal
+    session.close()

@@ -146,3 +146,43 @@ def test_sigusr1_checkpoints_at_the_next_batch_and_training_goes_on(tmp_path):
     journal = [json.loads(x) for x in (tmp_path / "runs" / "r" / "journal.jsonl").read_text().splitlines()]
     assert any(e["event"] == "saved" and e.get("batch") for e in journal), "no mid-epoch checkpoint"
     assert read_checkpoint(tmp_path / "runs" / "r" / CHECKPOINT_FILE)["global_step"] == 1
+
+
+def test_a_new_command_on_a_run_stopped_mid_epoch_trains_at_the_lr_typed(tmp_path):
+    """Killed inside an epoch of `exp`, then the interrupted work declined: that epoch is finished as it was
+    going, and the next chunk trains at the lr typed (it kept running the old schedule)."""
+    runs = tmp_path / "runs"
+    killer = KillAtBatch(epoch=1, batch=30)
+    session = RunSession.open(runs, "r", long_epochs(), save_every=1.0, observer=killer, clock=FakeClock())
+    killer.session = session
+    session.load()
+    with pytest.raises(SimKill):
+        session.run_plan([(3, "exp 0.05 gamma=0.9")])
+    simulate_kill(session)
+    session = RunSession.open(runs, "r", long_epochs(), save_every=1.0, clock=FakeClock())
+    session.load()
+    assert session.trainer.batch_in_epoch > 0
+    session.drop_pending("declined at the prompt")
+    assert (session.global_step, session.trainer.batch_in_epoch) == (2, 0)  # epoch 1 finished first
+    session.train(2, "0.01")
+    assert [h["lr"] for h in session.trainer.history[2:]] == [0.01, 0.01]
+    session.close()
+
+
+def test_a_checkpoint_asked_for_while_paused_is_written_at_once(tmp_path):
+    class PauseCheckpointResume(Observer):
+        wants_batches = True
+
+        def batch_done(self, batch, batches):
+            if self.session.trainer.global_step == 0 and batch == 3:
+                for cmd in ("pause", "checkpoint", "resume"):
+                    self.session.submit({"cmd": cmd, "source": "test"})
+
+    observer = PauseCheckpointResume()
+    session = RunSession.open(tmp_path / "runs", "r", long_epochs(), save_every=NEVER, observer=observer)
+    observer.session = session
+    session.load()
+    session.train(1, "0.03")
+    session.close()
+    journal = [json.loads(x) for x in (tmp_path / "runs" / "r" / "journal.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "saved" and e.get("batch") == 4 for e in journal), "no checkpoint while paused"
