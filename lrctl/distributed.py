@@ -35,8 +35,6 @@ from lrctl.runstore import Pending, RunError, check_run_name
 if TYPE_CHECKING:
     import torch
 
-    from lrctl.session import RunSession
-
 DEFAULT_TIMEOUT = 300.0
 # A command is whatever a person answers at rank 0's prompt: the other ranks wait for it without a limit
 # that matters (a week), while training collectives keep the short timeout.
@@ -311,8 +309,11 @@ class ReplicaStore:
         pass
 
 
-def follow(session: RunSession) -> int:
-    """Ranks other than 0: do what rank 0 says until it says quit. Returns rank 0's exit code."""
+def follow(session: Any) -> int:
+    """Ranks other than 0: do what rank 0 says until it says quit. Returns rank 0's exit code.
+
+    ``session``: this rank's :class:`lrctl.session.RunSession` (the session imports this module, not
+    the other way round)."""
     group = session.group
     assert group is not None
     while True:

@@ -10,18 +10,30 @@ reports it. It never prints: it tells the session's observer.
 from __future__ import annotations
 
 import queue
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from lrctl.runstore import RunError
+from lrctl.runstore import RunError, RunStore
 from lrctl.schedules import parse
+from lrctl.stopping import StopState
 
-if TYPE_CHECKING:
-    from lrctl.session import RunSession
+
+class Host(Protocol):
+    """What live control needs of the session that owns it (lrctl.session.RunSession is one)."""
+
+    trainer: Any
+    store: RunStore
+    stop: StopState
+    observer: Any
+    group: Any
+    writes: bool
+
+    def log_intervention(self, text: str, step: int | None = None) -> None: ...
+    def save_here(self) -> None: ...
 
 class LiveControl:
     """The live commands of one session (``host``): its trainer, store, stop state and observer."""
 
-    def __init__(self, host: RunSession) -> None:
+    def __init__(self, host: Host) -> None:
         self.host = host
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.scheduled: list[dict[str, Any]] = []  # recorded changes to re-apply at their global batch
