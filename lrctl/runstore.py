@@ -131,7 +131,7 @@ class Pending:
     def describe(self, step: int) -> str:
         left = self.remaining(step)
         n = len([c for c in self.chunks if c["start"] + c["epochs"] > step])
-        return f"{left} epochs left" + (f" in {n} chunks" if n > 1 else "")
+        return f"{left} epoch{'s' if left != 1 else ''} left" + (f" in {n} chunks" if n > 1 else "")
 
 
 @dataclass

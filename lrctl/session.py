@@ -40,7 +40,7 @@ from lrctl.stopping import Shutdown, StopState
 
 if TYPE_CHECKING:
     from lrctl.distributed import Group
-    from lrctl.engine import EpochRecord, Trainer
+    from lrctl.engine import EpochRecord, EpochSnapshot, Trainer
     from lrctl.tblog import MetricLogger
 
 DEFAULT_SAVE_EVERY = 5.0
@@ -101,9 +101,9 @@ class RunSession:
         self.busy = False  # a command is running: a signal is answered at its next batch boundary
         self.plan_recorded = False  # open() recorded the --plan with the new run: finish_pending() runs it
         self.saved_this_session = False
-        from lrctl.engine import EpochSnapshot
-
-        self._boundary = EpochSnapshot()  # the last epoch boundary: where abandon and divergence go back to
+        # The last epoch boundary, where abandon and divergence go back to (made with the trainer: torch).
+        self._boundary: EpochSnapshot | None = None
+        self._boundary_chunks: list[dict[str, Any]] = []  # self.chunks as they were there
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -497,7 +497,8 @@ class RunSession:
                           step=trainer.global_step, batch=0)
             raise Shutdown(self.stop.shutdown_signal, f"saved at epoch {trainer.global_step}")
         if trainer.global_step < end:
-            outcome = ChunkOutcome("stopped", trainer.global_step, detail=f"{end - trainer.global_step} epochs left")
+            left = Pending([chunk]).describe(trainer.global_step)
+            outcome = ChunkOutcome("stopped", trainer.global_step, detail=left)
             store.journal("interrupted", durable=True, how="stop", step=trainer.global_step,
                           left=end - trainer.global_step)
         else:
@@ -529,6 +530,10 @@ class RunSession:
         self.observer.epoch_done(record, metric)
 
     def _mark_boundary(self) -> None:
+        if self._boundary is None:
+            from lrctl.engine import EpochSnapshot
+
+            self._boundary = EpochSnapshot()
         self._boundary.take(self.trainer)
         self._boundary_chunks = [dict(c) for c in self.chunks]
 
@@ -593,8 +598,7 @@ class RunSession:
         cadence = max(self.save_every, MID_EPOCH_MIN_SECONDS)
         if stop.checkpoint_now or (now - self._last_save >= cadence and now - self._epoch_started >= cadence):
             stop.checkpoint_now = False
-            if self.trainer.weights_finite():  # a diverging epoch is never saved half way (it rolls back)
-                self.save()
+            self.save_here()  # a diverging epoch is never saved half way (it rolls back)
 
     def _batch_boundary_shared(self, batch: int) -> None:
         """Data-parallel: rank 0 applies what arrived and sends the lr changes it made, so every rank
@@ -644,7 +648,7 @@ class RunSession:
         """Go back to the last epoch boundary (after an abandoned or diverged epoch): the in-memory copy
         taken there, or the last checkpoint when it is as recent."""
         boundary = self._boundary
-        if boundary.step is not None and boundary.step >= (self.saved_step or 0):
+        if boundary is not None and boundary.step is not None and boundary.step >= (self.saved_step or 0):
             boundary.restore(self.trainer)
             self.chunks = [dict(c) for c in self._boundary_chunks]
             if self.saved_step == self.trainer.global_step and self.writes:

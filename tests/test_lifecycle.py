@@ -59,7 +59,8 @@ settings.register_profile("ci", max_examples=int(os.environ.get("LRCTL_SIM_EXAMP
 settings.register_profile("explore", max_examples=int(os.environ.get("LRCTL_SIM_EXAMPLES", "200")),
                           stateful_step_count=14, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-settings.register_profile("long", max_examples=3000, stateful_step_count=40, deadline=None,
+settings.register_profile("long", max_examples=int(os.environ.get("LRCTL_SIM_EXAMPLES", "3000")),
+                          stateful_step_count=40, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 PROFILE = os.environ.get("LRCTL_SIM_PROFILE", "ci")
 logging.getLogger("tensorboard").setLevel(logging.ERROR)  # its purge notices are what we ask of it
@@ -126,7 +127,6 @@ class RunModel:
     step: int = 0
     pending: list[dict[str, Any]] = field(default_factory=list)
     boundaries: set[int] = field(default_factory=lambda: {0})
-    saved: int = 0  # the epoch of the last completed checkpoint save
     chunk_starts: list[int] = field(default_factory=list)  # the session's chunks, for undo
     damaged: bool = False  # a file was damaged: kept checkpoints linked to it may be gone
     crashed: bool = False  # a simulated kill: the journal holds work that was lost
@@ -310,7 +310,6 @@ class Lifecycle(RuleBasedStateMachine):
     def _close(self) -> None:
         self.session.close("sim")
         self.session = None
-        self.model.saved = self.model.step
 
     def _chunk(self, epochs: int, expression: str) -> dict[str, Any]:
         return {"start": self.model.step, "epochs": epochs, "expr": parse(expression).text}
@@ -387,11 +386,9 @@ class Lifecycle(RuleBasedStateMachine):
         m.step = end
         if outcome.status == "diverged":
             m.pending = []
-        elif outcome.status in ("stopped", "abandoned"):
-            m.boundaries.add(end) if outcome.status == "stopped" else None
+        elif outcome.status == "stopped":  # a stopped chunk is kept at its end
+            m.boundaries.add(end)
         m.pending = [c for c in m.pending if c["start"] + c["epochs"] > m.step]
-        if outcome.status != "abandoned":
-            m.saved = m.step
         assert self.session.global_step == m.step, (start, outcome)
 
     def _after_kill(self) -> None:
@@ -412,7 +409,6 @@ class Lifecycle(RuleBasedStateMachine):
         m.truncate(loaded)
         pending = self.session.pending
         m.pending = [dict(c, changes=list(c.get("changes", []))) for c in (pending.chunks if pending else [])]
-        m.saved = loaded
         self._note_torn_chunk()
 
     # -- rules ----------------------------------------------------------------------------------------
@@ -486,7 +482,6 @@ class Lifecycle(RuleBasedStateMachine):
         m.truncate(target)
         m.torn_chunk = None
         m.pending = []
-        m.saved = target
 
     @precondition(lambda self: self.session is not None)
     @rule()
@@ -498,7 +493,6 @@ class Lifecycle(RuleBasedStateMachine):
         self.observer.session = self.session
         source = self.models[old]
         source.boundaries.add(source.step)
-        source.saved = source.step
         self.models[new] = source.clone()
         self.models[new].pending = []
         self.name = new
@@ -575,7 +569,6 @@ class Lifecycle(RuleBasedStateMachine):
         if pending is None and m.remaining() > 0:
             assert self.reports, "pending work dropped without a word"
         m.pending = [dict(c, changes=list(c.get("changes", []))) for c in (pending.chunks if pending else [])]
-        m.saved = loaded
         self._note_torn_chunk()
 
     # -- invariants -----------------------------------------------------------------------------------

@@ -47,15 +47,20 @@ def long_epochs() -> RunConfig:
     return with_overrides(RunConfig(), ["data.rows=3000"])  # 42 batches an epoch
 
 
-def test_kill_mid_epoch_then_resume_is_bit_identical(tmp_path):
-    runs = tmp_path / "runs"
+def killed_mid_epoch(runs, plan) -> None:
+    """Run ``plan`` in run 'r' with mid-epoch checkpoints every ~20 batches; kill -9 at epoch 1, batch 30."""
     killer = KillAtBatch(epoch=1, batch=30)
     session = RunSession.open(runs, "r", long_epochs(), save_every=1.0, observer=killer, clock=FakeClock())
     killer.session = session
     session.load()
     with pytest.raises(SimKill):
-        session.run_plan(PLAN)
+        session.run_plan(plan)
     simulate_kill(session)
+
+
+def test_kill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    runs = tmp_path / "runs"
+    killed_mid_epoch(runs, PLAN)
     mid = read_checkpoint(runs / "r" / CHECKPOINT_FILE)
     assert mid["global_step"] == 1 and 0 < mid["mid_epoch"]["batch"] < 30, mid.get("mid_epoch")
 
@@ -152,13 +157,7 @@ def test_a_new_command_on_a_run_stopped_mid_epoch_trains_at_the_lr_typed(tmp_pat
     """Killed inside an epoch of `exp`, then the interrupted work declined: that epoch is finished as it was
     going, and the next chunk trains at the lr typed (it kept running the old schedule)."""
     runs = tmp_path / "runs"
-    killer = KillAtBatch(epoch=1, batch=30)
-    session = RunSession.open(runs, "r", long_epochs(), save_every=1.0, observer=killer, clock=FakeClock())
-    killer.session = session
-    session.load()
-    with pytest.raises(SimKill):
-        session.run_plan([(3, "exp 0.05 gamma=0.9")])
-    simulate_kill(session)
+    killed_mid_epoch(runs, [(3, "exp 0.05 gamma=0.9")])
     session = RunSession.open(runs, "r", long_epochs(), save_every=1.0, clock=FakeClock())
     session.load()
     assert session.trainer.batch_in_epoch > 0
