@@ -91,8 +91,7 @@ def _settle_pending(store: RunStore, loaded: LoadedCheckpoint, trainer: Any, fal
     problem = store.pending_problem()
     step = trainer.global_step
     snapshot = loaded.state.get("pending") or {}
-    missing = (problem is None and store.read_pending() is None
-               and Pending(list(snapshot.get("chunks") or [])).remaining(step) > 0)
+    missing = problem is None and store.read_pending() is None
     if fallback_from is None and problem is None and not missing:
         return False
     events = store.read_journal()
@@ -101,13 +100,12 @@ def _settle_pending(store: RunStore, loaded: LoadedCheckpoint, trainer: Any, fal
         if events[i].get("event") == "saved" and events[i].get("sha") == loaded.sha:
             after = events[i + 1:]
             break
-    if missing:  # work was pending when the checkpoint was saved; does the journal say it ended since?
+    if missing:  # no pending file: do the checkpoint's copy and the journal since its save say work is left?
         rebuilt, unsure = _replay_journal(snapshot, after, trainer.batches_per_epoch)
-        if not unsure and Pending(rebuilt).remaining(step) == 0:
-            if fallback_from is None:
-                return False
-        else:
+        if not unsure and Pending(rebuilt).remaining(step) > 0:
             problem = f"{PENDING_FILE} is missing"
+        elif fallback_from is None:
+            return False
     result = recover(loaded_step=trainer.global_step, batches_per_epoch=trainer.batches_per_epoch,
                      fallback_from=fallback_from, file_pending=store.read_pending(), file_problem=problem,
                      snapshot=loaded.state.get("pending"), events_after_save=after)

@@ -446,6 +446,9 @@ class RunSession:
         from lrctl.engine import Diverged
 
         trainer, store = self.trainer, self.store
+        if (trainer.global_step == chunk["start"] and not trainer.batch_in_epoch and self.writes
+                and chunk["start"] not in store.kept_steps()):
+            self.save(keep=True)  # undo goes back to a chunk's start: keep it (a kill can come before its keep)
         self._mark_boundary()  # before the chunk's schedule is set: an abandoned first epoch goes back here
         self._prepare_schedule(chunk)
         end = chunk["start"] + chunk["epochs"]
