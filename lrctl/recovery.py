@@ -29,6 +29,7 @@ from lrctl.runstore import (
 
 # Journal events after which the run's timeline cannot be rebuilt from an older checkpoint.
 _UNREPLAYABLE = {"undo": "an undo", "fork": "a fork", "forked": "a fork", "config_changed": "a config change"}
+_FORKS = ("fork", "forked")  # harmless when at the loaded checkpoint's own epoch: the state is the same
 
 
 @dataclass
@@ -101,8 +102,10 @@ def _settle_pending(store: RunStore, loaded: LoadedCheckpoint, trainer: Any, fal
             after = events[i + 1:]
             break
     if missing:  # no pending file: do the checkpoint's copy and the journal since its save say work is left?
-        rebuilt, unsure = _replay_journal(snapshot, after, trainer.batches_per_epoch)
-        if not unsure and Pending(rebuilt).remaining(step) > 0:
+        rebuilt, unsure = _replay_journal(snapshot, after, trainer.batches_per_epoch, step)
+        if unsure:  # the journal cannot tell: the checkpoint's own copy decides whether work was left
+            rebuilt = list(snapshot.get("chunks") or [])
+        if Pending(rebuilt).remaining(step) > 0:
             problem = f"{PENDING_FILE} is missing"
         elif fallback_from is None:
             return False
@@ -154,7 +157,7 @@ def recover(*, loaded_step: int, batches_per_epoch: int, fallback_from: int | No
         # pending.json still holds the chunk the loaded checkpoint is in: it redoes the lost epochs exactly.
         redo = f": the pending work redoes them exactly ({describe_chunks(file_pending.chunks, loaded_step)})"
         return Recovery(file_pending, [why + redo] if why else [])
-    rebuilt, unsure = _replay_journal(snapshot, events_after_save, batches_per_epoch)
+    rebuilt, unsure = _replay_journal(snapshot, events_after_save, batches_per_epoch, loaded_step)
     if unsure is None:
         left = [c for c in rebuilt if c["start"] + c["epochs"] > loaded_step]
         if not left or left[0]["start"] <= loaded_step:
@@ -177,13 +180,16 @@ def _joined(*parts: str) -> str:
 
 
 def _replay_journal(snapshot: dict[str, Any] | None, events: list[dict[str, Any]] | None,
-                    batches_per_epoch: int) -> tuple[list[dict[str, Any]], str | None]:
+                    batches_per_epoch: int, loaded_step: int) -> tuple[list[dict[str, Any]], str | None]:
     """The pending chunks as of the end of the journal, starting from the checkpoint's own copy."""
     if events is None:
         return [], "the journal does not record when the loaded checkpoint was saved"
     chunks = copy.deepcopy((snapshot or {}).get("chunks") or [])
     for event in events:
         kind = event.get("event")
+        if kind in _FORKS and event.get("step") == loaded_step:
+            chunks = [] if kind == "forked" else chunks  # a fork starts with no pending work
+            continue
         if kind in _UNREPLAYABLE:
             return [], f"{_UNREPLAYABLE[kind]} came after that checkpoint"
         if kind == "command":
