@@ -150,6 +150,7 @@ class RunModel:
     def trained(self, chunk: dict[str, Any], upto: int) -> None:
         if upto <= self.step:
             return
+        self.boundaries.add(chunk["start"])  # a chunk's start is kept before it trains (undo goes there)
         if self.segments and self.segments[-1].chunk["start"] == chunk["start"]:
             self.segments[-1] = Segment(chunk, upto)
         else:
