@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lrctl.commands import Question
-from lrctl.session import ChunkOutcome
+from lrctl.reports import ChunkOutcome
 from lrctl.view import View
 
 

@@ -288,7 +288,7 @@ class Run:
         expression = repr(float(lr)) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else str(lr)
         spec = parse(expression)
         session.check_expression(spec, epochs)
-        return self._chunk(lambda: session.train(epochs, spec.text, source="python"))
+        return self._chunk(lambda: session.train(epochs, spec, source="python"))
 
     def finish(self) -> Chunk:
         """Train the work an interruption left (what ``lrctl resume`` finishes)."""

@@ -20,10 +20,9 @@ import threading
 from pathlib import Path
 
 from lrctl import config as config_mod
-from lrctl.commands import parse_plan
 from lrctl.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from lrctl.plan import check_plan, parse_plan
 from lrctl.runstore import HISTORY_DIR, RunError, RunStore
-from lrctl.schedules import parse as parse_schedule
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -133,8 +132,8 @@ def _follow(args: argparse.Namespace, group) -> int:
 
     def stop(signum: int, frame: object) -> None:  # torchrun is ending the job: stop with rank 0
         if session.stop.stop_after_epoch:
-            session.request_abandon()
-        session.request_shutdown(signal.Signals(signum).name)
+            session.stop.request("abandon")
+        session.stop.request("shutdown", signal.Signals(signum).name)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
@@ -204,7 +203,7 @@ def _serve(args: argparse.Namespace, plan, group, session, prebuilt) -> int:
     """The open run: banner, TensorBoard, control socket, then the REPL or the plan; always closed."""
     run_name = session.store.name
     view = session.observer
-    view.on_closed = session.request_stop
+    view.on_closed = lambda: session.stop.request("stop")
     logdir = str(args.runs_dir / run_name)
     board = None
     if args.tb:
@@ -238,7 +237,7 @@ def _serve(args: argparse.Namespace, plan, group, session, prebuilt) -> int:
 
         def end(signum: int) -> None:
             current = holder[0]
-            current.request_shutdown(signal.Signals(signum).name)
+            current.stop.request("shutdown", signal.Signals(signum).name)
             if not current.busy:  # at a prompt, or loading: nothing is mid-epoch, leave now
                 raise Shutdown(signum)
 
@@ -333,8 +332,10 @@ def _run_plan(session, plan, loader: _Loader, view, resume_only: bool = False) -
     pending = session.pending
     if pending is not None:
         view.warn(f"replacing the run's interrupted work ({pending.describe(session.global_step)}) with --plan")
-    if parse_schedule(plan[0][1]).name == "keep" and session.trainer.runner is None:
-        raise RunError("--plan starts with keep, but the run has no schedule to keep")
+    try:
+        check_plan(plan, has_schedule=session.trainer.runner is not None)
+    except ValueError as e:
+        raise RunError(f"--plan: {e}") from None
     with chunk_interrupts(session, view):
         outcome = session.run_plan(plan)
     return _plan_result(session, outcome, view)

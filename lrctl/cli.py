@@ -30,8 +30,8 @@ from pathlib import Path
 
 from lrctl import __version__
 from lrctl import config as config_mod
-from lrctl.commands import parse_plan
 from lrctl.exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from lrctl.plan import parse_plan
 from lrctl.runstore import RunError, RunStore
 from lrctl.schedules import ScheduleError, help_text
 from lrctl.schedules import parse as parse_schedule

@@ -155,7 +155,7 @@ def parse(question: Question, text: str, previous: Any = None) -> Command:
     if word.startswith("preview"):
         return _preview(stripped)
     try:
-        return Answer(parse_schedule(stripped).text)
+        return Answer(parse_schedule(stripped))  # typed once, here: the session takes the spec
     except ScheduleError as e:
         return Invalid(str(e))
 
@@ -229,23 +229,3 @@ def completions(text: str) -> list[str]:
         return []
     used = {t.partition("=")[0] for t in tokens[:-1] if "=" in t}
     return [f"{k}=" for k in family.options if k not in used and f"{k}=".startswith(current)]
-
-
-def parse_plan(text: str) -> list[tuple[int, str]]:
-    """``"30@0.03;30@exp 0.05 gamma=0.95"`` -> [(30, '0.03'), (30, 'exp 0.05 gamma=0.95')]."""
-    chunks = []
-    for i, part in enumerate(p for p in text.split(";") if p.strip()):
-        epochs_text, at, expression = part.partition("@")
-        if not at:
-            raise ValueError(f"plan chunk {i + 1} {part.strip()!r}: expected EPOCHS@LR, e.g. 30@0.03")
-        try:
-            epochs = parse_int(epochs_text, "epochs")
-            if epochs < 1:
-                raise ValueError("epochs must be at least 1")
-            spec = parse_schedule(expression)
-        except (ValueError, ScheduleError) as e:
-            raise ValueError(f"plan chunk {i + 1} {part.strip()!r}: {e}") from None
-        chunks.append((epochs, spec.text))
-    if not chunks:
-        raise ValueError("the plan is empty; e.g. --plan \"30@0.03;30@0.01\"")
-    return chunks

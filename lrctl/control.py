@@ -30,8 +30,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from lrctl.plan import check_live_change
 from lrctl.schedules import ScheduleError
 from lrctl.schedules import parse as parse_schedule
+from lrctl.status import socket_status
 
 SOCKET_FILE = "control.sock"
 MAX_LINE = 64 * 1024
@@ -79,12 +81,14 @@ def parse_control(message: str | dict[str, Any]) -> dict[str, Any]:
             spec = parse_schedule(str(value))
         except ScheduleError as e:
             raise ControlError(str(e)) from None
-        if spec.name == "keep":
-            raise ControlError("keep is not a change; give a learning rate or a schedule")
+        try:
+            check_live_change(spec)
+        except ValueError as e:
+            raise ControlError(str(e)) from None
         mode = message.get("mode")
         if mode is not None and mode not in LR_MODES:
             raise ControlError(f"mode must be one of {', '.join(LR_MODES)}")
-        command.update({"value": spec.text, **({"mode": mode} if mode else {})})
+        command.update({"value": spec, **({"mode": mode} if mode else {})})  # typed here, applied as is
     return command
 
 
@@ -179,7 +183,7 @@ class ControlServer:
             return {"ok": False, "error": str(e)}
         session = self.session
         if command["cmd"] == "status":
-            return session.status()
+            return socket_status(session)
         if not session.running:
             return {"ok": False, "error": "no chunk is running; commands apply to a running chunk",
                     "global_step": session.global_step}
@@ -232,7 +236,7 @@ def send(run_dir: Path, text: str, timeout: float = 90.0) -> dict[str, Any]:
             client.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
             raise ControlError(f"no lrctl is running on {run_dir} (no control socket)") from None
-        client.sendall(_encode(command))
+        client.sendall(_encode({**command, "value": command["value"].text} if "value" in command else command))
         data = b""
         while not data.endswith(b"\n"):
             chunk = client.recv(4096)

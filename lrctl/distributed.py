@@ -324,7 +324,7 @@ def follow(session: Any) -> int:
         try:
             if kind == "finish":
                 raw = command["pending"]
-                session.store.write_pending(Pending(raw["chunks"], raw["source"]) if raw else None)
+                session.work.replace(Pending(raw["chunks"], raw["source"]) if raw else None)
                 session.finish_pending(command.get("stop_at"))
             elif kind == "undo":
                 session.undo()

@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import Any
 
-from lrctl.schedules import ScheduleError
+from lrctl.plan import check_live_change
 from lrctl.schedules import parse as parse_schedule
 
 KEYS_HELP = "keys: p pause/continue · s stop after this epoch · c checkpoint · l change lr · ? help"
@@ -130,15 +130,14 @@ class KeyReader:
             if text:
                 try:
                     spec = parse_schedule(text)
-                    if spec.name == "keep":
-                        raise ScheduleError("keep is not a change")
-                    command = {"cmd": "lr", "value": spec.text, "source": "key"}
+                    check_live_change(spec)
+                    command = {"cmd": "lr", "value": spec, "source": "key"}
                     runner = session.trainer.runner if session.trainer is not None else None
                     if spec.name == "const" and runner is not None and runner.spec.name != "const":
                         mode = self._line(f"a schedule is running ({runner.spec.text}): set, scale or restart? "
                                           "[set] ").lower() or "set"
                         command["mode"] = mode if mode in ("set", "scale", "restart") else "set"
-                except ScheduleError as e:
+                except ValueError as e:  # a bad expression (ScheduleError) or no change
                     view.warn(f"{e}; the lr is unchanged")
         if command is not None:
             session.submit(command)

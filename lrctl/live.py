@@ -13,7 +13,7 @@ import queue
 from typing import Any, Protocol
 
 from lrctl.runstore import RunError, RunStore
-from lrctl.schedules import parse
+from lrctl.schedules import ScheduleSpec, parse
 from lrctl.stopping import StopState
 
 
@@ -23,6 +23,7 @@ class Host(Protocol):
     trainer: Any
     store: RunStore
     stop: StopState
+    work: Any  # lrctl.work.PendingWork
     observer: Any
     group: Any
     writes: bool
@@ -105,17 +106,15 @@ class LiveControl:
         source = command.get("source", "?")
         step = trainer.global_step
         if kind == "lr":
-            spec = parse(command["value"])
+            value = command["value"]  # a spec from keys and the socket; text from a recorded change
+            spec = value if isinstance(value, ScheduleSpec) else parse(value)
             mode = trainer.change_lr(spec, command.get("mode") or "set", max(1, self.chunk_end - step))
             record = {"cmd": "lr", "value": spec.text, "mode": mode, "at_batch": done, "source": source}
             if not replaying and host.group is not None:
                 self.outbox.append(record)
             if not replaying:
                 store.journal("control", durable=True, step=step, **record)
-                pending = store.read_pending()
-                if pending is not None and pending.chunks:
-                    pending.chunks[0].setdefault("changes", []).append(record)
-                    store.write_pending(pending)
+                host.work.add_change(record)
             host.log_intervention(f"lr -> {spec.text} ({mode}, from {source}) at batch {done}", step)
             host.observer.message(f"lr -> {spec.text} ({mode}) from {source}, at batch {done}: now {trainer.lr:.6g}")
             return {"ok": True, "cmd": "lr", "value": spec.text, "mode": mode, "lr": trainer.lr,

@@ -25,6 +25,7 @@ from typing import Any, Protocol, TextIO
 
 from lrctl import commands
 from lrctl.commands import Question
+from lrctl.schedules import ScheduleSpec
 from lrctl.session import ChunkOutcome, RunSession
 from lrctl.view import View, fmt_metric, lr_now
 
@@ -139,14 +140,14 @@ class ChunkInterrupts:
         session = self.session
         data_parallel = session.group is not None
         if from_signal and data_parallel:
-            session.request_shutdown(signal_name)
+            session.stop.request("shutdown", signal_name)
         self.presses += 1
         if self.presses == 1:
-            session.request_stop()
+            session.stop.request("stop")
             self.view.warn("stopping after this epoch (everything kept) · Ctrl-C again abandons the epoch")
             return
         if data_parallel:
-            session.request_abandon()
+            session.stop.request("abandon")
             self.view.warn("abandoning this epoch on every rank at the next batch")
             return
         if session.in_critical:  # never tear a checkpoint write; abandon right after it
@@ -196,7 +197,7 @@ class Repl:
         self.keys = True  # read single keys during chunks (on a terminal only)
         self.control: Any = None  # the control socket server, moved along on fork
         self.last_epochs: int | None = None
-        self.last_expression: str | None = None
+        self.last_spec: ScheduleSpec | None = None
         self.last_continue: bool | None = None
 
     def toolbar(self) -> str:
@@ -217,9 +218,9 @@ class Repl:
                 if not self.last_continue:
                     return "quit"
                 epochs = self._ask(Question.EPOCHS, previous=self.last_epochs)
-                expression = self._ask_expression(epochs)
-                self.last_epochs, self.last_expression = epochs, expression
-                self._train(lambda e=epochs, x=expression: self.session.train(e, x))
+                spec = self._ask_schedule(epochs)
+                self.last_epochs, self.last_spec = epochs, spec
+                self._train(lambda e=epochs, s=spec: self.session.train(e, s))
             return "closed"
         except _Quit:
             return "quit"
@@ -258,7 +259,7 @@ class Repl:
                 ctrl_c = interrupts.press if self.session.group is not None else None
                 with KeyReader(self.session, self.view, on_ctrl_c=ctrl_c):
                     outcome = command()
-        if self.session.shutdown:  # torchrun is ending the job (a signal reached every rank): no more prompts
+        if self.session.stop.shutdown:  # torchrun is ending the job (a signal reached every rank): no more prompts
             self.view.warn(f"torchrun is ending the job: saved at epoch {self.session.global_step}")
             raise _Quit
         return outcome
@@ -271,19 +272,19 @@ class Repl:
             self.view.warn(warning)
         self.session.load_warnings.clear()
 
-    def _ask_expression(self, epochs: int) -> str:
+    def _ask_schedule(self, epochs: int) -> ScheduleSpec:
         while True:
-            expression = self._ask(Question.LR, previous=self.last_expression)
+            spec = self._ask(Question.LR, previous=self.last_spec)
             self._wait()
             try:
-                self.session.check_expression(commands.parse_schedule(expression), epochs)
-                return expression
+                self.session.check_expression(spec, epochs)
+                return spec
             except ValueError as e:
                 self.view.warn(str(e))
 
     def _ask(self, question: Question, previous: Any = None, text: str | None = None) -> Any:
         placeholder = None if previous is None else ("y" if previous else "n") if isinstance(previous, bool) \
-            else str(previous)
+            else previous.text if isinstance(previous, ScheduleSpec) else str(previous)
         while True:
             hook, self.on_first_prompt = self.on_first_prompt, None
             typed = self.asker.ask(question, text or question.value, placeholder, hook)
@@ -306,7 +307,7 @@ class Repl:
             elif isinstance(command, commands.Find):
                 suggestion = self._find(command)
                 if suggestion is not None:
-                    previous, placeholder = suggestion, suggestion
+                    previous, placeholder = commands.parse_schedule(suggestion), suggestion
             else:
                 self._run_command(command)
 

@@ -48,17 +48,17 @@ def replay(runs_dir: Path, source: str, target: str, observer: Observer | None =
             kind = event["event"]
             if kind == "command":
                 pending = Pending([dict(c) for c in event["chunks"]], event.get("source", "repl"))
-                session.store.write_pending(pending)
+                session.work.replace(pending)
             elif kind == "control" and event.get("cmd") == "lr":
                 change = {k: event[k] for k in ("cmd", "value", "mode", "at_batch", "source")}
                 bpe = session.trainer.batches_per_epoch
-                pending = session.store.read_pending()
+                pending = session.work.current
                 owner = next((c for c in (pending.chunks if pending else [])
                               if c["start"] * bpe < change["at_batch"] <= (c["start"] + c["epochs"]) * bpe), None)
                 if owner is None:
                     raise RunError(f"the journal's lr change at batch {change['at_batch']} belongs to no command")
                 owner.setdefault("changes", []).append(change)
-                session.store.write_pending(pending)
+                session.work.replace(pending)
                 session.store.journal("control", durable=True, step=event.get("step"), **change)
             elif kind == "undo":
                 advance(event["from_step"])
@@ -68,7 +68,7 @@ def replay(runs_dir: Path, source: str, target: str, observer: Observer | None =
                 if kind == "pending_dropped":
                     session.drop_pending(f"replayed: {event.get('reason', '')}")
                 elif kind == "interrupted" and event.get("how") == "abandon":  # its epoch's lr changes went too
-                    session.drop_changes_after(int(event["step"]) * session.trainer.batches_per_epoch)
+                    session.work.drop_changes_after(int(event["step"]) * session.trainer.batches_per_epoch)
         advance(final)
         return session.global_step
     finally:

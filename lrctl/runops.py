@@ -98,3 +98,59 @@ def read_frozen_config(store: RunStore) -> tuple[config_mod.RunConfig, str]:
         return config_mod.from_dict(raw, origin=str(path)), str(path)
     except (OSError, tomllib.TOMLDecodeError, config_mod.ConfigError) as e:
         raise RunError(f"run '{store.name}': its frozen config {path} cannot be read: {e}") from None
+
+
+def create_run(store: RunStore, cfg: config_mod.RunConfig, origin: str,
+               chunks: list[dict[str, Any]] | None, job: dict[str, str]) -> None:
+    """Make run ``store`` exist with ``cfg``. ``chunks``: the ``--plan`` that creates it, recorded
+    (pending work + journal, fsynced) before ``config.toml`` makes the run exist, so no run exists
+    without it: a kill while torch loads leaves either no run or one that ``lrctl resume`` finishes."""
+    from lrctl.runstore import Pending, now_iso
+
+    store.clear_unborn()
+    if chunks:
+        store.write_pending(Pending(chunks, "plan"))
+        store.journal("command", durable=True, source="plan", chunks=chunks, **job)
+    store.write_config(config_mod.to_toml(cfg, header=f"lrctl run '{store.name}', created {now_iso()} "
+                                          f"from {origin or 'the built-in lesson config'}."))
+
+
+def settle_config(store: RunStore, cfg: config_mod.RunConfig, force_config: bool) -> config_mod.RunConfig:
+    """An existing run goes on with its frozen config: a different one is refused (naming the changes)
+    unless ``force_config``, which freezes the new one (journaled). Runtime settings (device, workers)
+    may differ: they are journaled and the given ones used."""
+    from lrctl.runstore import now_iso
+
+    frozen, _ = read_frozen_config(store)
+    changes = config_mod.diff(frozen, cfg)
+    runtime = config_mod.diff(frozen, cfg, runtime=True)
+    if changes and not force_config:
+        raise RunError(f"run '{store.name}' was created with a different config:\n  " + "\n  ".join(changes)
+                       + "\nuse the run's own config (omit --config/--set), another --run name, "
+                         "or --force-config to change it")
+    if changes:
+        store.write_config(config_mod.to_toml(cfg, header=f"lrctl run '{store.name}', config changed "
+                                              f"{now_iso()} with --force-config."))
+        store.journal("config_changed", durable=True, changes=changes)
+    elif not force_config:
+        cfg = config_mod.with_runtime_of(frozen, cfg)
+    if runtime:
+        store.journal("runtime_settings", changes=runtime)
+    return cfg
+
+
+def copy_for_fork(store: RunStore, name: str, step: int) -> RunStore:
+    """An open run's files into new run ``name`` (locked; the caller saved first). Nothing is left
+    behind when it fails."""
+    new_store = RunStore(store.runs_dir, name)
+    if new_store.exists:
+        raise RunError(f"run '{name}' exists already; pick another name")
+    new_store.acquire()
+    try:
+        store.copy_to(new_store)
+        new_store.journal("forked", durable=True, source=store.name, step=step)
+    except BaseException:
+        new_store.close()
+        raise
+    store.journal("fork", to=name, step=step)
+    return new_store

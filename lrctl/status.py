@@ -66,3 +66,14 @@ def status_lines(session: Any, tb_url: str | None = None) -> list[str]:
                  f"TensorBoard: tensorboard --logdir {store.runs_dir} (or lrctl tb; lrctl --tb starts it beside "
                  "the prompt)")
     return lines
+
+
+def socket_status(session: Any) -> dict[str, Any]:
+    """Where the run stands, for ``lrctl send RUN status`` (one JSON object)."""
+    summary = session.summary()
+    pending = session.pending
+    step = session.global_step
+    return {"ok": True, "run": session.store.name, "global_step": step, "running": session.running,
+            "paused": session.paused, "lr": session.trainer.lr if session.trainer is not None else summary.get("lr"),
+            "metric": session.metric, "last": summary.get("last"),
+            "pending": pending.describe(step) if pending else None}

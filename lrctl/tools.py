@@ -61,9 +61,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lrctl.commands import parse_plan
     from lrctl.compare import LESSON_PLANS, chart, run_all, summarize
     from lrctl.config import load_config
+    from lrctl.plan import parse_plan
 
     texts = args.plans or LESSON_PLANS
     try:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 
-from lrctl.session import ChunkOutcome, Observer
+from lrctl.reports import ChunkOutcome, Observer
 
 if TYPE_CHECKING:
     from rich.progress import Progress

@@ -207,8 +207,8 @@ def test_ctrl_c_at_the_first_prompt_says_at_once_why_it_waits(tmp_path, monkeypa
 def test_opening_a_run_does_not_import_torch(tmp_path):
     """The first question appears before torch loads: opening (lock, config, journal, plan) needs none."""
     code = ("import sys\nfrom pathlib import Path\nfrom lrctl.config import RunConfig\n"
-            "from lrctl.session import RunSession\n"
-            f"s = RunSession.open(Path({str(tmp_path)!r}), 'a', RunConfig(), plan=[(2, '0.03')])\n"
+            "from lrctl.session import RunSession\nfrom lrctl.plan import requests\n"
+            f"s = RunSession.open(Path({str(tmp_path)!r}), 'a', RunConfig(), plan=requests([(2, '0.03')]))\n"
             "s.store.close()\nprint('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stdout + result.stderr

@@ -38,8 +38,8 @@ def test_learning_rate_refusals(text):
 
 
 def test_learning_rate_answers_are_canonical_expressions():
-    assert parse(Question.LR, "3e-2") == Answer("0.03")
-    assert parse(Question.LR, "EXP 0.05 gamma=0.95") == Answer("exp 0.05 gamma=0.95")
+    assert parse(Question.LR, "3e-2").value.text == "0.03"
+    assert parse(Question.LR, "EXP 0.05 gamma=0.95").value.text == "exp 0.05 gamma=0.95"
 
 
 def test_meta_commands_at_every_prompt():

@@ -47,9 +47,14 @@ def _wait_for_epoch(proc, epoch: int) -> str:
 
 
 def test_parse_control_accepts_text_and_json_and_names_problems():
-    assert parse_control("lr 0.01 scale") == {"cmd": "lr", "value": "0.01", "mode": "scale"}
-    assert parse_control('{"cmd": "lr", "value": 0.02}') == {"cmd": "lr", "value": "0.02"}
-    assert parse_control("lr cos 0.01") == {"cmd": "lr", "value": "cos 0.01"}
+    def typed(text):  # the value is parsed once, here: a schedule spec
+        command = parse_control(text)
+        return {**command, "value": command["value"].text}
+
+    assert typed("lr 0.01 scale") == {"cmd": "lr", "value": "0.01", "mode": "scale"}
+    assert typed('{"cmd": "lr", "value": 0.02}') == {"cmd": "lr", "value": "0.02"}
+    assert typed("lr cos 0.01") == {"cmd": "lr", "value": "cos 0.01"}
+    assert parse_control("pause") == {"cmd": "pause"}
     for bad, message in [("{x", "malformed JSON"), ("jump", "unknown command"), ("lr", "needs a value"),
                          ("lr nan", "finite"), ('{"cmd": "lr", "value": "0.1", "mode": "up"}', "mode must be")]:
         with pytest.raises(ControlError, match=message):

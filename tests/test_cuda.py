@@ -11,6 +11,7 @@ import torch
 
 from lrctl.config import RunConfig, with_overrides
 from lrctl.engine import Trainer
+from lrctl.plan import requests
 from lrctl.schedules import parse
 from lrctl.session import RunSession
 from tests.conftest import assert_states_equal, lrctl_env, read_checkpoint, read_scalars
@@ -85,12 +86,12 @@ def test_resume_on_cuda_is_exact(tmp_path):
     cfg = with_overrides(RunConfig(), CUDA)
     whole = RunSession.open(tmp_path, "whole", cfg, save_every=1e9)
     whole.load()
-    whole.run_plan([(3, "0.03"), (3, "cos 0.03")])
+    whole.run_plan(requests([(3, "0.03"), (3, "cos 0.03")]))
     whole.close()
     for chunk in ((3, "0.03"), (3, "cos 0.03")):
         part = RunSession.open(tmp_path, "parts", cfg, save_every=1e9)
         part.load()
-        part.run_plan([chunk])
+        part.run_plan(requests([chunk]))
         part.close()
     assert_states_equal(read_checkpoint(tmp_path / "whole" / "checkpoint.pt"),
                         read_checkpoint(tmp_path / "parts" / "checkpoint.pt"))

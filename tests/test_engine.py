@@ -12,7 +12,7 @@ from lrctl import data
 from lrctl.config import RunConfig, with_overrides
 from lrctl.engine import Diverged, Trainer
 from lrctl.schedules import parse
-from lrctl.session import RunSession
+from lrctl.session import Observer, RunSession
 from tests.conftest import assert_states_equal, read_checkpoint, read_scalars
 
 
@@ -192,20 +192,21 @@ def test_divergence_rolls_back_to_the_last_finite_checkpoint_and_continues(tmp_p
     assert all(v == v and abs(v) < 1e30 for _, v in scalars["train_mse"])  # nothing non-finite logged
 
 
-def test_an_error_mid_epoch_never_saves_the_half_trained_weights(tmp_path, monkeypatch):
+def test_an_error_mid_epoch_never_saves_the_half_trained_weights(tmp_path):
     session = RunSession.open(tmp_path, "torn", RunConfig(), save_every=1e9)
     session.load()
     assert session.train(2, "0.03").status == "done"
     saved = read_checkpoint(tmp_path / "torn" / "checkpoint.pt")
-    calls = 0
+    class CrashInTheThirdEpoch(Observer):  # a user's callback (or model) failing at a batch boundary
+        wants_batches = True
+        calls = 0
 
-    def crash_in_the_third_epoch(batch: int, batches: int) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2 * session.trainer.batches_per_epoch + 3:  # two more epochs done, then 3 batches
-            raise RuntimeError("a user model's bug")
+        def batch_done(self, batch: int, batches: int) -> None:
+            self.calls += 1
+            if self.calls == 2 * session.trainer.batches_per_epoch + 3:  # two more epochs done, then 3 batches
+                raise RuntimeError("a user model's bug")
 
-    monkeypatch.setattr(session, "_batch_boundary", crash_in_the_third_epoch)
+    session.observer = CrashInTheThirdEpoch()
     with pytest.raises(RuntimeError):
         session.train(5, "0.03")
     assert session.trainer.global_step == 4 and session.trainer.torn

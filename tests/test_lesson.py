@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from lrctl import data
-from lrctl.cli import main, parse_plan
+from lrctl.cli import main
 from lrctl.compare import LESSON_PLANS, plan_label
 from lrctl.config import RunConfig, with_overrides
 from lrctl.engine import Trainer
-from lrctl.schedules import parse
+from lrctl.plan import parse_plan
 from lrctl.session import RunSession
 from tests.conftest import read_checkpoint
 from tests.lesson_code import EXPERIMENTS, experiment
@@ -26,8 +26,8 @@ def lesson():
 
 def _train(trainer: Trainer, text: str) -> tuple[list[float], list[float]]:
     records = []
-    for epochs, expression in parse_plan(text):
-        trainer.start_schedule(parse(expression), epochs)
+    for epochs, spec in parse_plan(text):
+        trainer.start_schedule(spec, epochs)
         records += trainer.fit_rec(epochs)
     return [r.train for r in records], [r.test for r in records]
 

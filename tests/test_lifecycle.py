@@ -36,6 +36,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from lrctl import _faults
 from lrctl.config import RunConfig, with_overrides
+from lrctl.plan import requests
 from lrctl.runstore import (
     CHECKPOINT_FILE,
     CHECKPOINT_META_FILE,
@@ -94,7 +95,7 @@ def small_config(checkpoint_every: int) -> RunConfig:
 def simulate_kill(session: RunSession) -> None:
     """What the kernel does to a killed process: unflushed buffers are lost, the lock is released."""
     files = [session.store._journal]
-    for logger in (session.logger, session._batch_logger):
+    for logger in session.logs.open_loggers():
         if logger is not None and hasattr(logger, "_file"):
             files.append(logger._file)
     for f in files:
@@ -354,7 +355,7 @@ class Lifecycle(RuleBasedStateMachine):
         m.pending = [dict(c, changes=[]) for c in chunks]
         plan = [(c["epochs"], c["expr"]) for c in chunks]
         try:
-            outcome = self.session.run_plan(plan, source="sim")
+            outcome = self.session.run_plan(requests(plan), source="sim")
         except SimKill:
             self._after_kill()
             return
@@ -577,7 +578,7 @@ class Lifecycle(RuleBasedStateMachine):
     def tensorboard_shows_the_timeline(self) -> None:
         if self.session is None:
             return
-        self.session.logger.flush()
+        self.session.logs.flush()
         check_tensorboard(self.runs / self.name, self.session.trainer.history)
 
     @invariant()
@@ -641,8 +642,7 @@ class Lifecycle(RuleBasedStateMachine):
                 chunk = {k: seg.chunk[k] for k in ("start", "epochs", "expr")}
                 chunk["changes"] = [{k: r[k] for k in ("cmd", "value", "mode", "at_batch", "source")} if "at_batch" in r
                                     else r for r in _changes_of(seg.chunk)]
-                fresh.store.write_pending(Pending([chunk], "replay"))
-                fresh.finish_pending(stop_at=seg.stop)
+                fresh.finish_pending(stop_at=seg.stop, pending=Pending([chunk], "replay"))
                 assert fresh.global_step == seg.stop
             state = fresh.trainer.state_dict()
         finally:

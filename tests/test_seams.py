@@ -17,6 +17,7 @@ import pytest
 from lrctl import _faults
 from lrctl.cli import main
 from lrctl.config import RunConfig, with_overrides
+from lrctl.plan import requests
 from lrctl.runops import fork_run
 from lrctl.runs_table import list_runs
 from lrctl.runstore import CHECKPOINT_FILE, CHECKPOINT_META_FILE, PENDING_FILE, RunError, RunStore
@@ -55,7 +56,7 @@ class KillAtEpoch(Observer):
 
 def uninterrupted(runs, plan) -> dict:
     session = open_run(runs, "reference")
-    session.run_plan(plan)
+    session.run_plan(requests(plan))
     session.close()
     return read_checkpoint(runs / "reference" / CHECKPOINT_FILE)
 
@@ -73,7 +74,7 @@ def test_a_new_run_never_exists_without_the_plan_that_created_it(tmp_path, monke
 
     _faults.install(at_point)
     try:
-        session = RunSession.open(runs, "r", small(), plan=[(2, "0.03"), (1, "0.01")])
+        session = RunSession.open(runs, "r", small(), plan=requests([(2, "0.03"), (1, "0.01")]))
     finally:
         _faults.install(None)
     assert seen["pending"] and "command" in seen["journal"]
@@ -92,7 +93,7 @@ def test_lost_latest_checkpoint_redoes_the_lost_work_exactly(tmp_path):
     plan = [(3, "0.03"), (3, "0.01")]
     session = open_run(runs, observer=KillAtEpoch(5))
     with pytest.raises(SimKill):
-        session.run_plan(plan)
+        session.run_plan(requests(plan))
     simulate_kill(session)
     (runs / "r" / CHECKPOINT_FILE).unlink()
     session = open_run(runs)
@@ -111,7 +112,7 @@ def test_lost_work_that_cannot_be_redone_exactly_is_refused_by_name(tmp_path):
     session.train(2, "0.02")
     session.undo()  # the timeline after the older checkpoint has an undo in it
     session.store.write_pending(None)
-    session.run_plan([(3, "0.01")])
+    session.run_plan(requests([(3, "0.01")]))
     session.close()
     (runs / "r" / CHECKPOINT_FILE).unlink()
     (runs / "r" / PENDING_FILE).write_text("{garbage")
@@ -127,7 +128,7 @@ def test_garbage_pending_file_is_reported_and_the_work_rebuilt_from_the_journal(
     plan = [(2, "0.03"), (2, "cos 0.02")]
     session = open_run(runs, observer=KillAtEpoch(3), save_every=0)
     with pytest.raises(SimKill):
-        session.run_plan(plan)
+        session.run_plan(requests(plan))
     simulate_kill(session)
     (runs / "r" / PENDING_FILE).write_text("not json")
     row = {r.name: r for r in list_runs(runs)}["r"]

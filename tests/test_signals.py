@@ -12,6 +12,7 @@ import time
 import pytest
 
 from lrctl.config import RunConfig, with_overrides
+from lrctl.plan import requests
 from lrctl.runstore import CHECKPOINT_FILE
 from lrctl.session import Observer, RunSession
 from tests.conftest import assert_states_equal, read_checkpoint, read_scalars, start_lrctl
@@ -54,7 +55,7 @@ def killed_mid_epoch(runs, plan) -> None:
     killer.session = session
     session.load()
     with pytest.raises(SimKill):
-        session.run_plan(plan)
+        session.run_plan(requests(plan))
     simulate_kill(session)
 
 
@@ -72,7 +73,7 @@ def test_kill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 
     reference = RunSession.open(runs, "ref", long_epochs(), save_every=NEVER)
     reference.load()
-    reference.run_plan(PLAN)
+    reference.run_plan(requests(PLAN))
     reference.close()
     assert_states_equal(read_checkpoint(runs / "r" / CHECKPOINT_FILE), read_checkpoint(runs / "ref" / CHECKPOINT_FILE))
     for sub in ("", "batch"):  # epoch scalars once per epoch, batch lrs once per batch, equal
