@@ -75,6 +75,7 @@ class RunSession:
         self.chunks: list[dict[str, Any]] = []  # {start, end, expr} of every chunk trained, for plots and undo
         self.trainer: Trainer | None = None
         self.saved_step: int | None = None
+        self.saved_at_boundary = False  # the last checkpoint is of an epoch boundary (not mid-epoch)
         self.saved_this_session = False
         self.in_critical = False  # a checkpoint is being written: a Ctrl-C waits for its end
         self.abort_after_critical = False
@@ -201,6 +202,7 @@ class RunSession:
             if keep and not trainer.batch_in_epoch:  # kept ones are epoch boundaries (undo, fork --at)
                 self.store.keep_checkpoint(trainer.global_step, self.keep)
             self.saved_step = trainer.global_step
+            self.saved_at_boundary = not trainer.batch_in_epoch
             self.saved_this_session = True
             self.timing.saved()
         finally:
@@ -208,6 +210,16 @@ class RunSession:
         if self.abort_after_critical:
             self.abort_after_critical = False
             raise KeyboardInterrupt
+
+    def keep_here(self) -> None:
+        """A chunk's end: kept for undo and ``fork --at``. Written only when the last checkpoint is not
+        this very state already (an epoch-end checkpoint just before: no second write of the same bytes)."""
+        trainer = self.trainer
+        if self.writes and self.saved_step == trainer.global_step and self.saved_at_boundary \
+                and not trainer.batch_in_epoch:
+            self.store.keep_checkpoint(trainer.global_step, self.keep)
+        else:
+            self.save(keep=True)
 
     def save_here(self) -> None:
         """Checkpoint at this batch boundary (mid-epoch), unless the weights are no longer finite."""
