@@ -362,8 +362,8 @@ def state_costs_ms(workdir: Path, hidden: list[int], label: str, repeats: int = 
     """What keeping a run safe costs at one model size: the in-memory copy taken at every epoch boundary
     (so Ctrl-C twice drops only the running epoch) and a checkpoint written between two batches
     (mid-epoch, on the --save-every cadence of a long epoch, or at SIGTERM/SIGUSR1), medians in ms."""
-    from lrctl.engine import EpochSnapshot
     from lrctl.session import Observer, RunSession
+    from lrctl.snapshot import EpochSnapshot
 
     cfg = with_overrides(RunConfig(), [f"model.hidden={hidden}", 'model.batch_norm="none"', "data.rows=1000"])
     session = RunSession.open(workdir, f"state-costs-{label}", cfg, save_every=float("inf"))

@@ -1,11 +1,13 @@
-"""The run directory: names, the one-writer lock, atomic checkpoints with checksums, journal, pending work.
+"""The run directory: names, the one-writer lock, config, journal, pending work, and (through
+:class:`lrctl.checkpoints.CheckpointFiles`) its checkpoints. Every file name of a run is here or there.
 
 Layout of ``<runs-dir>/<run>/``::
 
     config.toml            the config the run was created with (frozen)
-    checkpoint.pt          latest state; torch.load(path, weights_only=True)
+    checkpoint.pt          latest state; torch.load(path, weights_only=True)  (lrctl.checkpoints)
     checkpoint.prev.pt     the previous good state, kept until a newer one is complete
     checkpoint.json        sha256 of the good checkpoint files + a summary readable without torch
+    kept/step-N.pt         chunk boundaries, for undo and fork --at
     pending.json           the command in progress ("train until global epoch E with schedule S")
     journal.jsonl          one JSON line per event: the human-readable story of the run
     lock, lock.json        held while a process trains or prompts; lock.json names the holder
@@ -17,8 +19,6 @@ Nothing here imports torch at module level: the prompt appears before torch has 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import hashlib
 import io
 import json
 import os
@@ -28,33 +28,36 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lrctl import __version__
 from lrctl._faults import point as _fault_point
+from lrctl.checkpoints import (  # noqa: F401  (re-exported: the run directory's names in one place)
+    CHECKPOINT_FILE,
+    CHECKPOINT_META_FILE,
+    DEFAULT_KEEP,
+    KEPT_DIR,
+    PREVIOUS_CHECKPOINT_FILE,
+    CheckpointFiles,
+    LoadedCheckpoint,
+)
+from lrctl.durable import (  # noqa: F401  (re-exported)
+    RunError,
+    RunLocked,
+    atomic_write,
+    fsync_dir,
+    now_iso,
+    write_synced,
+)
 
 CONFIG_FILE = "config.toml"
-CHECKPOINT_FILE = "checkpoint.pt"
-PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"
-CHECKPOINT_META_FILE = "checkpoint.json"
 PENDING_FILE = "pending.json"
 JOURNAL_FILE = "journal.jsonl"
 LOCK_FILE = "lock"
 LOCK_INFO_FILE = "lock.json"
 HISTORY_DIR = ".history"
-KEPT_DIR = "kept"
 BATCH_LOGDIR = "batch"  # the TensorBoard run of per-batch scalars (per-batch schedules' lr)
 EVENTS_PREFIX = "events.out.tfevents"
-DEFAULT_KEEP = 10
 _COPIED = (CONFIG_FILE, CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, CHECKPOINT_META_FILE, JOURNAL_FILE)
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
-
-
-class RunError(Exception):
-    """A run cannot be opened, saved or loaded; the message says why and what to do."""
-
-
-class RunLocked(RunError):
-    """Another live process holds the run."""
 
 
 def check_run_name(name: str) -> str:
@@ -62,57 +65,6 @@ def check_run_name(name: str) -> str:
     if not name or not _RUN_NAME.fullmatch(name) or name in {".", ".."} or len(name) > 100:
         raise RunError(f"invalid run name {name!r}: use letters, digits, '-', '_' and '.' (e.g. demo-1)")
     return name
-
-
-def _stat_key(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
-def now_iso() -> str:
-    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def fsync_dir(path: Path) -> None:
-    _fault_point(f"fsync dir {path.name}")
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_synced(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temp file beside ``path`` and fsync it; returns the temp file's path.
-
-    On failure (disk full, permissions) the temp file is removed and the error raised."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            _fault_point(f"write {path.name}")
-            f.write(data)
-            f.flush()
-            _fault_point(f"fsync {path.name}")
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return tmp
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file beside ``path``, fsync, rename over it, fsync the directory.
-
-    A failure (disk full, permissions) leaves ``path`` as it was.
-    """
-    tmp = write_synced(path, data)
-    _fault_point(f"rename {path.name}")
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 @dataclass
@@ -134,26 +86,14 @@ class Pending:
         return f"{left} epoch{'s' if left != 1 else ''} left" + (f" in {n} chunks" if n > 1 else "")
 
 
-@dataclass
-class LoadedCheckpoint:
-    state: dict[str, Any]
-    path: Path
-    warnings: list[str]
-    sha: str = ""
-
-
-class RunStore:
+class RunStore(CheckpointFiles):
     """Files of one run. Create with :meth:`open`; call :meth:`close` (or use ``with``) to release the lock."""
 
     def __init__(self, runs_dir: Path, name: str) -> None:
-        self.name = check_run_name(name)
         self.runs_dir = Path(runs_dir)
-        self.dir = self.runs_dir / self.name
+        super().__init__(self.runs_dir / check_run_name(name), name)
         self._lock = None
         self._journal: io.TextIOWrapper | None = None
-        self._summary_cache: tuple[Any, dict[str, Any]] | None = None
-        self._written: tuple[Any, str] | None = None  # (stat, sha256) of the checkpoint this process wrote last
-        self._loaded_latest: str | None = None  # sha256 of checkpoint.pt when it loaded (weights_only) here
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -280,186 +220,6 @@ class RunStore:
             return
         atomic_write(path, json.dumps(asdict(pending)).encode())
 
-    # -- checkpoints -------------------------------------------------------------------------
-    def read_meta(self) -> dict[str, Any]:
-        try:
-            meta = json.loads((self.dir / CHECKPOINT_META_FILE).read_text())
-            return meta if isinstance(meta, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
-    def save_checkpoint(self, state: dict[str, Any], summary: dict[str, Any], replace_latest: bool = False) -> str:
-        """Atomically make ``state`` the latest checkpoint; the current one becomes ``checkpoint.prev.pt``.
-
-        The checksum file is written first, listing the new file's sha256 *and* the current
-        one's, so every moment of a crash leaves a loadable, verifiable checkpoint behind. A current
-        file that does not verify (damaged) is not kept as the previous one, nor is one that
-        ``replace_latest`` says is from a dropped timeline (an abandoned or diverged epoch's mid-epoch
-        checkpoint). Returns the new sha256.
-        """
-        import torch
-
-        buffer = io.BytesIO()
-        torch.save({**state, "lrctl_version": __version__}, buffer)
-        data = buffer.getbuffer()  # no copy of the bytes (38 MB at 10M parameters)
-        sha = hashlib.sha256(data).hexdigest()
-        latest, previous = self.dir / CHECKPOINT_FILE, self.dir / PREVIOUS_CHECKPOINT_FILE
-        meta = self.read_meta()
-        # The file this process wrote last needs no re-reading: its stat is what it was after the write.
-        latest_sha = (self._written[1] if self._written and self._written[0] == _stat_key(latest)
-                      else self._file_sha(latest))
-        known = meta.get("sha256", {})
-        verified = latest_sha is not None and latest_sha in (known.get(CHECKPOINT_FILE), self._loaded_latest)
-        rotate = verified and not replace_latest
-        if rotate:
-            # The old previous file stays listed: a kill between this checksum file and the renames
-            # leaves it in place, and it must still verify then.
-            good, prev_sha, prev_summary = {sha, latest_sha}, latest_sha, meta.get("summary")
-            if known.get(PREVIOUS_CHECKPOINT_FILE):
-                good.add(known[PREVIOUS_CHECKPOINT_FILE])
-        else:  # the latest file is missing or damaged: the previous one stays as it is
-            prev_sha = self._file_sha(previous)
-            prev_ok = prev_sha is not None and prev_sha in (known.get(PREVIOUS_CHECKPOINT_FILE),
-                                                            known.get(CHECKPOINT_FILE))
-            good = {sha} | ({prev_sha} if prev_ok else set())
-            prev_summary = (meta.get("previous_summary") if prev_sha == known.get(PREVIOUS_CHECKPOINT_FILE)
-                            else meta.get("summary")) if prev_ok else None
-            prev_sha = prev_sha if prev_ok else None
-        tmp = latest.with_name(f".{CHECKPOINT_FILE}.{os.getpid()}.tmp")
-        try:
-            write_synced(latest, data)
-            new_meta = {"sha256": {CHECKPOINT_FILE: sha, PREVIOUS_CHECKPOINT_FILE: prev_sha},
-                        "good": sorted(good), "summary": summary, "previous_summary": prev_summary}
-            atomic_write(self.dir / CHECKPOINT_META_FILE, json.dumps(new_meta).encode())
-            if rotate:
-                _fault_point(f"rename {CHECKPOINT_FILE} -> {PREVIOUS_CHECKPOINT_FILE}")
-                os.replace(latest, previous)
-            _fault_point(f"rename {CHECKPOINT_FILE}")
-            os.replace(tmp, latest)
-            fsync_dir(self.dir)
-            self._written = (_stat_key(latest), sha)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise RunError(f"could not save checkpoint in {self.dir}: {e.strerror or e}; "
-                           "the previous checkpoint is intact") from None
-        return sha
-
-    @staticmethod
-    def _file_sha(path: Path) -> str | None:
-        try:
-            return hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError:
-            return None
-
-    def _verified(self, path: Path, good: set[str]) -> tuple[bytes | None, str | None]:
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None, None
-        except OSError as e:
-            return None, f"{path.name} cannot be read ({e.strerror})"
-        if good and hashlib.sha256(data).hexdigest() not in good:
-            return None, f"{path.name} is corrupt or truncated (checksum mismatch)"
-        return data, None
-
-    def has_checkpoint(self) -> bool:
-        return any((self.dir / n).exists() for n in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE)) or bool(
-            self.kept_steps())
-
-    def check_checkpoints(self) -> tuple[str | None, list[str]]:
-        """Without torch: which file would load ('checkpoint.pt'/'checkpoint.prev.pt'/None) and why not the other."""
-        good = set(self.read_meta().get("good", []))
-        problems = []
-        for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
-            data, problem = self._verified(self.dir / name, good)
-            if data is not None:
-                return name, problems
-            if problem:
-                problems.append(problem)
-        return None, problems
-
-    def load_checkpoint(self) -> LoadedCheckpoint:
-        """Load the latest good checkpoint with ``weights_only=True``, falling back to the previous one.
-
-        Raises RunError when none is good; no file is deleted either way.
-        """
-        import pickle
-
-        import torch
-
-        good = set(self.read_meta().get("good", []))
-        warnings: list[str] = []
-        # Last resort, newest first: the kept chunk-boundary checkpoints (hard links of files that verified
-        # when they were kept; torch's zip reader checks their integrity).
-        candidates = [(self.dir / n, good) for n in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE)]
-        candidates += [(self.kept_path(step), set()) for step in reversed(self.kept_steps())]
-        for path, checksums in candidates:
-            name = path.name if path.parent == self.dir else f"{KEPT_DIR}/{path.name}"
-            data, problem = self._verified(path, checksums)
-            if data is None:
-                if problem:
-                    warnings.append(problem)
-                continue
-            try:
-                state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
-                warnings.append(f"{name} holds something other than plain tensors and was refused "
-                                f"(weights_only load: {first[:160]})")
-                continue
-            except Exception as e:  # torch raises RuntimeError/EOFError/zip errors on damaged files
-                warnings.append(f"{name} cannot be loaded ({type(e).__name__}: {str(e)[:120]})")
-                continue
-            if not isinstance(state, dict) or "model" not in state or "global_step" not in state:
-                warnings.append(f"{name} is not an lrctl checkpoint")
-                continue
-            if warnings or path.name != CHECKPOINT_FILE:
-                if path.name == PREVIOUS_CHECKPOINT_FILE and not warnings:
-                    warnings.append(f"{CHECKPOINT_FILE} is missing")
-                elif path.parent != self.dir and not warnings:
-                    warnings.append(f"{CHECKPOINT_FILE} and {PREVIOUS_CHECKPOINT_FILE} are missing")
-                warnings.append(f"falling back to {name} (epoch {state['global_step']})")
-            sha = hashlib.sha256(data).hexdigest()
-            if path.name == CHECKPOINT_FILE and path.parent == self.dir:
-                self._loaded_latest = sha
-            return LoadedCheckpoint(state, path, warnings, sha)
-        raise RunError(f"run '{self.name}' has no loadable checkpoint: " + ("; ".join(warnings) or "none found")
-                       + f". Nothing was deleted; inspect {self.dir}")
-
-    # -- kept epoch checkpoints -------------------------------------------------------------------
-    def keep_checkpoint(self, step: int, keep: int = DEFAULT_KEEP) -> None:
-        """Keep the latest checkpoint as ``kept/step-XXXXXXXX.pt`` (a hard link: no extra disk), newest ``keep``."""
-        kept = self.dir / KEPT_DIR
-        kept.mkdir(exist_ok=True)
-        target = self.kept_path(step)
-        with contextlib.suppress(FileNotFoundError):
-            target.unlink()
-        try:
-            os.link(self.dir / CHECKPOINT_FILE, target)
-        except OSError:
-            import shutil
-
-            shutil.copyfile(self.dir / CHECKPOINT_FILE, target)
-        for old in sorted(kept.glob("step-*.pt"))[:-keep] if keep > 0 else []:
-            old.unlink()
-
-    def kept_steps(self) -> list[int]:
-        return sorted(int(p.stem[5:]) for p in (self.dir / KEPT_DIR).glob("step-*.pt"))
-
-    def load_kept(self, step: int) -> dict[str, Any]:
-        """The kept checkpoint at ``step`` (weights_only), or RunError listing the kept steps."""
-        import torch
-
-        path = self.kept_path(step)
-        if not path.exists():
-            kept = ", ".join(map(str, self.kept_steps())) or "none"
-            raise RunError(f"run '{self.name}' keeps no checkpoint at epoch {step} (kept: {kept})")
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise RunError(f"{path} cannot be loaded ({type(e).__name__}: {str(e)[:120]})") from None
-
     def copy_to(self, other: RunStore) -> None:
         """Copy this run's files (config, checkpoints, journal, kept, TensorBoard) into a new run ``other``."""
         import shutil
@@ -473,40 +233,6 @@ class RunStore:
             elif path.is_dir() and path.name in (KEPT_DIR, BATCH_LOGDIR):
                 shutil.copytree(path, other.dir / path.name, dirs_exist_ok=True)
 
-    def summary(self) -> dict[str, Any]:
-        """What the checkpoint that would load says (global step, last record, lr), read without torch.
-
-        It is the summary of the file whose checksum matches: after a crash between writing the
-        checksum file and the renames, or when the latest file is damaged, that is the older one.
-        Empty when ``checkpoint.json`` is missing or damaged (the epoch is known only after loading)."""
-        key = tuple(_stat_key(self.dir / n) for n in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, CHECKPOINT_META_FILE))
-        if self._summary_cache is not None and self._summary_cache[0] == key:
-            return self._summary_cache[1]
-        summary = self._matching_summary()
-        self._summary_cache = (key, summary)
-        return summary
-
-    def _matching_summary(self) -> dict[str, Any]:
-        meta = self.read_meta()
-        known = meta.get("sha256", {})
-        for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
-            sha = self._file_sha(self.dir / name)
-            if sha is None:
-                continue
-            if sha == known.get(CHECKPOINT_FILE):
-                return meta.get("summary") or {}
-            if sha == known.get(PREVIOUS_CHECKPOINT_FILE):
-                return meta.get("previous_summary") or {}
-        return {}
-
-    def previous_problem(self) -> str | None:
-        """Why ``checkpoint.prev.pt`` would not load as the fallback (missing, damaged), or None."""
-        path = self.dir / PREVIOUS_CHECKPOINT_FILE
-        if not path.exists():
-            return f"{PREVIOUS_CHECKPOINT_FILE} is missing" if (self.dir / CHECKPOINT_FILE).exists() else None
-        good = set(self.read_meta().get("good", []))
-        return self._verified(path, good)[1]
-
     def damage_seen_without_torch(self) -> bool:
         """Whether opening this run will fall back, rebuild or warn (then it is loaded before any question):
         a checkpoint file missing or not matching its checksum, or a damaged checksum or pending file."""
@@ -515,36 +241,3 @@ class RunStore:
         latest_missing = not (self.dir / CHECKPOINT_FILE).exists()
         return bool(latest_missing or self.check_checkpoints()[1] or self.previous_problem() or self.meta_problem()
                     or self.pending_problem())
-
-    def meta_problem(self) -> str | None:
-        """Why ``checkpoint.json`` cannot vouch for the checkpoints (missing or damaged), or None."""
-        if not self.has_checkpoint():
-            return None
-        path = self.dir / CHECKPOINT_META_FILE
-        if not path.exists():
-            return f"{CHECKPOINT_META_FILE} is missing: the checkpoint's checksum cannot be verified"
-        meta = self.read_meta()
-        if not isinstance(meta.get("sha256"), dict) or not meta.get("good"):
-            return f"{CHECKPOINT_META_FILE} is damaged: the checkpoint's checksum cannot be verified"
-        return None
-
-    def prune_kept(self, after: int) -> list[int]:
-        """Remove kept checkpoints later than epoch ``after`` (a timeline that was undone or lost)."""
-        removed = [s for s in self.kept_steps() if s > after]
-        for step in removed:
-            with contextlib.suppress(FileNotFoundError):
-                self.kept_path(step).unlink()
-        return removed
-
-    def drop_kept_linked_to(self, name: str) -> list[int]:
-        """Remove the kept checkpoints that are hard links of ``name`` (damaged along with it)."""
-        target, dropped = self.dir / name, []
-        for step in self.kept_steps():
-            with contextlib.suppress(OSError):
-                if target.exists() and os.path.samefile(self.kept_path(step), target):
-                    self.kept_path(step).unlink()
-                    dropped.append(step)
-        return dropped
-
-    def kept_path(self, step: int) -> Path:
-        return self.dir / KEPT_DIR / f"step-{step:08d}.pt"

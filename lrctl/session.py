@@ -47,7 +47,8 @@ from lrctl.work import PendingWork
 
 if TYPE_CHECKING:
     from lrctl.distributed import Group
-    from lrctl.engine import EpochSnapshot, Trainer
+    from lrctl.engine import Trainer
+    from lrctl.snapshot import EpochSnapshot
 
 __all__ = ["DEFAULT_SAVE_EVERY", "ChunkOutcome", "Observer", "RunSession"]  # reports: lrctl.reports
 
@@ -304,7 +305,7 @@ class RunSession:
     # -- epoch boundaries -------------------------------------------------------------------
     def mark_boundary(self) -> None:
         if self._boundary is None:
-            from lrctl.engine import EpochSnapshot
+            from lrctl.snapshot import EpochSnapshot
 
             self._boundary = EpochSnapshot()
         self._boundary.take(self.trainer)
