@@ -67,6 +67,22 @@ class ChunkRun:
         self.session, self.chunk, self.stop_at = session, chunk, stop_at
         self.trainer = session.trainer
 
+    @classmethod
+    def finishing_torn_epoch(cls, session: Session) -> ChunkRun | None:
+        """The run that finishes the epoch a mid-epoch checkpoint stands in (its pending chunk, with its
+        recorded changes; the schedule it had when its command was dropped), or None at an epoch boundary."""
+        trainer = session.trainer
+        if trainer is None or not trainer.batch_in_epoch:
+            return None
+        step = trainer.global_step
+        chunk = session.work.covering(step)
+        if chunk is None:  # its command was dropped: the epoch ends with the schedule it had
+            start = session.chunks[-1]["start"] if session.chunks else step
+            chunk = {"start": start, "epochs": step + 1 - start, "expr": "keep"}
+        session.observer.message(f"epoch {step} was stopped after batch {trainer.batch_in_epoch} of "
+                                 f"{trainer.batches_per_epoch}: finishing it first")
+        return cls(session, chunk, stop_at=step + 1)
+
     def run(self) -> ChunkOutcome:
         from lrctl.engine import Diverged
 

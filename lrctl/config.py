@@ -5,6 +5,9 @@ and a one-line help text (the ``help`` metadata), so an empty file is the lesson
 Types come from the defaults; unknown keys and wrong types are errors that name the file and
 the key, all of them at once. Nothing here imports torch.
 
+Size: about 500 lines, over the project's ~450, so that a config key is one place: its field and
+help text, its checks against the other keys, and how it reads from and writes to TOML.
+
 >>> cfg = RunConfig()
 >>> cfg.model.hidden, cfg.train.batch_size
 ((4, 4), 50)
