@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lrctl"
-MAX_MODULE_LINES = 450
-MAX_CLASS_LINES = 300
+# The "about 450" and "about 300": a few lines of slack, then a reason is due.
+MAX_MODULE_LINES = 460
+MAX_CLASS_LINES = 310
 
 
 def _modules() -> dict[str, ast.Module]:
