@@ -30,8 +30,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from lrctl.plan import check_live_change
-from lrctl.schedules import ScheduleError
+from lrctl.schedules import ScheduleError, check_change
 from lrctl.schedules import parse as parse_schedule
 from lrctl.status import socket_status
 
@@ -82,7 +81,7 @@ def parse_control(message: str | dict[str, Any]) -> dict[str, Any]:
         except ScheduleError as e:
             raise ControlError(str(e)) from None
         try:
-            check_live_change(spec)
+            check_change(spec)
         except ValueError as e:
             raise ControlError(str(e)) from None
         mode = message.get("mode")

@@ -222,10 +222,9 @@ class Trainer:
         'scale' (the running schedule multiplied so that its lr is the value now) or 'restart' (the
         running schedule begun again now with that base). Returns the mode in effect ('schedule' for a
         schedule expression; 'set' when there was nothing to scale or restart)."""
-        from lrctl.schedules import with_base
+        from lrctl.schedules import check_change, with_base
 
-        if spec.name == "keep":
-            raise ValueError("keep is not a change; give a learning rate or a schedule")
+        check_change(spec)
         if mode not in ("set", "scale", "restart", "schedule"):  # 'schedule': as recorded, replayed
             raise ValueError(f"unknown lr mode {mode!r}: use set, scale or restart")
         runner = self.runner

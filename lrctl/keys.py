@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import Any
 
-from lrctl.plan import check_live_change
+from lrctl.schedules import check_change
 from lrctl.schedules import parse as parse_schedule
 
 KEYS_HELP = "keys: p pause/continue · s stop after this epoch · c checkpoint · l change lr · ? help"
@@ -130,7 +130,7 @@ class KeyReader:
             if text:
                 try:
                     spec = parse_schedule(text)
-                    check_live_change(spec)
+                    check_change(spec)
                     command = {"cmd": "lr", "value": spec, "source": "key"}
                     runner = session.trainer.runner if session.trainer is not None else None
                     if spec.name == "const" and runner is not None and runner.spec.name != "const":

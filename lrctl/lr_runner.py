@@ -17,7 +17,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as sched
 
-from lrctl.schedules import ScheduleError, ScheduleSpec, parse
+from lrctl.schedules import ScheduleError, ScheduleSpec, check_chunk, parse
 
 
 class PowerLR(sched.LRScheduler):
@@ -130,9 +130,7 @@ class ScheduleRunner:
                  batches_per_epoch: int, mode: str = "min") -> None:
         if spec.name == "keep":
             raise ScheduleError("keep has no schedule of its own")
-        if spec.warmup and spec.family.chunk_length and spec.warmup >= chunk_epochs:
-            raise ScheduleError(f"warmup={spec.warmup} leaves no epochs of the {chunk_epochs}-epoch chunk "
-                                f"for {spec.name}")
+        check_chunk(spec, chunk_epochs)
         self.spec, self.optimizer = spec, optimizer
         self.chunk_start, self.chunk_epochs, self.batches_per_epoch, self.mode = (
             chunk_start, chunk_epochs, batches_per_epoch, mode)

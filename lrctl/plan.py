@@ -15,7 +15,7 @@ form recorded in ``pending.json`` and the journal, where a schedule is its canon
 >>> check_request(ChunkRequest(5, parse_schedule("warmup=5 cos 0.03")), has_schedule=False)
 Traceback (most recent call last):
 ...
-ValueError: warmup=5 leaves none of the chunk's 5 epochs for cos
+lrctl.schedules.ScheduleError: warmup=5 leaves none of the chunk's 5 epochs for cos
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from lrctl._numbers import parse_int
-from lrctl.schedules import ScheduleError, ScheduleSpec
+from lrctl.schedules import ScheduleError, ScheduleSpec, check_chunk
 from lrctl.schedules import parse as parse_schedule
 
 
@@ -36,25 +36,15 @@ class ChunkRequest(NamedTuple):
 
 
 def check_request(request: ChunkRequest, has_schedule: bool) -> None:
-    """Refuse what the run cannot do now (ValueError): ``keep`` with nothing to keep, a warm-up as long
-    as the chunk. ``has_schedule``: the run has a schedule to keep."""
-    spec, epochs = request.spec, request.epochs
-    if spec.name == "keep" and not has_schedule:
-        raise ValueError("nothing to keep yet: the run has no schedule; type a learning rate")
-    if spec.warmup and spec.family.chunk_length and spec.warmup >= epochs:
-        raise ValueError(f"warmup={spec.warmup} leaves none of the chunk's {epochs} epochs for {spec.name}")
+    """Refuse what the run cannot do now (a ValueError; :func:`lrctl.schedules.check_chunk` has the
+    rules). ``has_schedule``: the run has a schedule to keep."""
+    check_chunk(request.spec, request.epochs, has_schedule)
 
 
 def check_plan(plan: Sequence[ChunkRequest], has_schedule: bool) -> None:
     """:func:`check_request` for every chunk of a plan (a later chunk can keep an earlier one's schedule)."""
     for i, request in enumerate(plan):
         check_request(request, has_schedule or i > 0)
-
-
-def check_live_change(spec: ScheduleSpec) -> None:
-    """An lr change to a running chunk (keys, socket) must change something."""
-    if spec.name == "keep":
-        raise ValueError("keep is not a change; give a learning rate or a schedule")
 
 
 def requests(pairs: Iterable[tuple[int, str | ScheduleSpec]]) -> list[ChunkRequest]:

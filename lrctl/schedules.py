@@ -236,6 +236,28 @@ def parse(text: str) -> ScheduleSpec:
     return ScheduleSpec(name, tuple(numbers), ordered, warmup, tuple(pieces))
 
 
+def check_chunk(spec: ScheduleSpec, epochs: int, has_schedule: bool = True) -> None:
+    """What a chunk of ``epochs`` epochs of ``spec`` cannot be (ScheduleError): ``keep`` with no schedule
+    to keep, or a warm-up as long as the chunk. The one copy of these rules (prompt, plan, engine).
+
+    >>> try:
+    ...     check_chunk(parse("warmup=5 cos 0.03"), 5)
+    ... except ScheduleError as e:
+    ...     print(e)
+    warmup=5 leaves none of the chunk's 5 epochs for cos
+    """
+    if spec.name == "keep" and not has_schedule:
+        raise ScheduleError("nothing to keep yet: the run has no schedule; type a learning rate")
+    if spec.warmup and spec.family.chunk_length and spec.warmup >= epochs:
+        raise ScheduleError(f"warmup={spec.warmup} leaves none of the chunk's {epochs} epochs for {spec.name}")
+
+
+def check_change(spec: ScheduleSpec) -> None:
+    """An lr change to a running chunk (keys, socket, Python) must change something."""
+    if spec.name == "keep":
+        raise ScheduleError("keep is not a change; give a learning rate or a schedule")
+
+
 def with_base(spec: ScheduleSpec, lr: float) -> ScheduleSpec:
     """The same schedule started from ``lr`` instead (every lr-valued number scaled alike)."""
     from dataclasses import replace
