@@ -247,7 +247,7 @@ def check_chunk(spec: ScheduleSpec, epochs: int, has_schedule: bool = True) -> N
     warmup=5 leaves none of the chunk's 5 epochs for cos
     """
     if spec.name == "keep" and not has_schedule:
-        raise ScheduleError("nothing to keep yet: the run has no schedule; type a learning rate")
+        raise ScheduleError("nothing to keep yet: the run has no schedule; give a learning rate or a schedule first")
     if spec.warmup and spec.family.chunk_length and spec.warmup >= epochs:
         raise ScheduleError(f"warmup={spec.warmup} leaves none of the chunk's {epochs} epochs for {spec.name}")
 
