@@ -35,7 +35,7 @@ from lrctl import config as config_mod
 from lrctl import runops
 from lrctl.chunkrun import ChunkRun
 from lrctl.live import LiveControl
-from lrctl.plan import ChunkRequest, absolute_chunks, check_request, requests
+from lrctl.plan import ChunkRequest, absolute_chunks, check_plan, check_request, requests
 from lrctl.recovery import restore
 from lrctl.replication import for_group
 from lrctl.reports import ChunkOutcome, Observer
@@ -106,6 +106,11 @@ class RunSession:
         store = RunStore(runs_dir, name)
         is_new = not store.exists
         chunks = absolute_chunks(plan, 0) if plan and is_new else None
+        if chunks:  # a new run has no schedule to keep: refused before anything exists
+            try:
+                check_plan(plan, has_schedule=False)
+            except ValueError as e:
+                raise RunError(f"--plan: {e}") from None
         note = store.acquire()
         try:
             if is_new:

@@ -187,3 +187,19 @@ def test_close_saves_what_is_unsaved_and_reopening_continues_exactly(tmp_path):
     assert_states_equal(state, again.trainer.state_dict())
     assert again.chunks == [{"start": 0, "end": 3, "expr": "cos 0.03"}]
     again.close()
+
+
+def test_a_plan_the_run_cannot_do_is_refused_at_once_with_the_rule(tmp_path, monkeypatch, capsys):
+    """The same rule (lrctl.schedules.check_chunk) at the --plan edge: a clear line, no training, no traceback."""
+    import io
+    import sys
+
+    from lrctl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    code = main(["--run", "k", "--set", "data.rows=300", "--plan", "2@keep"])
+    out = capsys.readouterr()
+    assert code != 0
+    assert "--plan: nothing to keep yet" in out.out + out.err and "Traceback" not in out.out + out.err
+    assert not (tmp_path / "runs" / "k" / "config.toml").exists()  # no run was made that could never train
