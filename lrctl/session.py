@@ -461,6 +461,10 @@ class RunSession:
         if label == "keep" and trainer.runner is not None:
             label = f"keep ({trainer.runner.spec.text})"
         self._epoch_started = self.clock()
+        if self.saved_step == trainer.global_step and not trainer.batch_in_epoch:
+            # Nothing is unsaved: the save cadence counts training since now, not the time spent at the
+            # prompt (which left nothing to lose and made every chunk's first epoch save again).
+            self._last_save = self._epoch_started
         # Changes made mid-chunk before an interruption happen again at the same batch.
         self.live.begin(chunk, trainer.global_step * trainer.batches_per_epoch + trainer.batch_in_epoch)
         self.observer.chunk_started(trainer.global_step, todo, label, trainer.batches_per_epoch)
