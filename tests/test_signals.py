@@ -79,6 +79,27 @@ def test_kill_mid_epoch_then_resume_is_bit_identical(tmp_path):
         assert read_scalars(runs / "r" / sub) == read_scalars(runs / "ref" / sub)
 
 
+def test_time_at_the_prompt_does_not_make_the_next_chunk_save_early(tmp_path):
+    """The save cadence counts training since the last save: after a long wait at the prompt, a chunk
+    saves on the cadence of its own epochs (and at its end), not after its first epoch too."""
+    clock = FakeClock()  # ~0.35 s an epoch here: the 1 s cadence comes every third epoch
+    session = RunSession.open(tmp_path, "r", with_overrides(RunConfig(), ["data.rows=300"]), save_every=1.0,
+                              clock=clock)
+    session.load()
+
+    def saved_steps(chunk: int, expression: str) -> list[int]:
+        clock.now += 100.0  # the user thinks at the prompt
+        before = len(session.store.read_journal())
+        session.train(chunk, expression)
+        return [e["step"] for e in session.store.read_journal()[before:] if e["event"] == "saved"]
+
+    assert saved_steps(2, "0.03") == [2]
+    assert saved_steps(2, "keep") == [4]
+    steps = saved_steps(8, "keep")
+    assert steps[-1] == 12 and len(steps) >= 3 and steps[0] > 5, steps  # the cadence goes on within the chunk
+    session.close()
+
+
 def test_ctrl_c_twice_drops_only_the_running_epoch(tmp_path):
     """With no checkpoint for many epochs, abandoning epoch 6 goes back to its start, not to epoch 0."""
 
