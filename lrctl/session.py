@@ -468,6 +468,7 @@ class RunSession:
         # Changes made mid-chunk before an interruption happen again at the same batch.
         self.live.begin(chunk, trainer.global_step * trainer.batches_per_epoch + trainer.batch_in_epoch)
         self.observer.chunk_started(trainer.global_step, todo, label, trainer.batches_per_epoch)
+        self._chunk_end = trainer.global_step + todo  # its last epoch is saved by the chunk's end, once
         try:
             trainer.fit_rec(todo, on_epoch_end=self._epoch_done, on_batch_end=self._batch_boundary,
                             should_stop=self._should_stop)
@@ -529,8 +530,8 @@ class RunSession:
         self.logger.flush()
         self._mark_boundary()
         every = self.cfg.train.checkpoint_every
-        if (self.stop.checkpoint_now or self.clock() - self._last_save >= self.save_every
-                or (every and (record.step + 1) % every == 0)):
+        if self.stop.checkpoint_now or (record.step + 1 < self._chunk_end and (
+                self.clock() - self._last_save >= self.save_every or (every and (record.step + 1) % every == 0))):
             self.stop.checkpoint_now = False
             self.save()
         self._epoch_started = self.clock()
