@@ -2,26 +2,28 @@
 
 :meth:`lrctl.runstore.RunStore.save_checkpoint` owns the protocol around it (checksum file, renames,
 the previous checkpoint); this module owns only the one expensive step, putting the state on disk,
-and does it with as little work on the training thread as measured possible (``python -m lrctl.bench``,
-10M parameters, 40 MB, 2 cores):
+and does it with as little work on the training thread as measured possible (the benchmark's
+10M-parameter MLP, a 38 MB file, this project's 2-core VM):
 
 ==============================================  ==============  ==========
-way                                             CPU per save    wall
+way (median of 11)                              CPU per save    wall
 ==============================================  ==============  ==========
-``torch.save`` into ``BytesIO``, sha256, write  124 ms          174 ms
-same, without torch's per-record CRC-32         95 ms           169 ms
-streamed to the file, hashed as written         73 ms           123 ms
+``torch.save`` into ``BytesIO``, sha256, write  131 ms          156 ms
+same, without torch's per-record CRC-32         102 ms          126 ms
+streamed to the file, hashed as written         67 ms           94 ms
 ==============================================  ==============  ==========
 
-Streaming drops a copy of the whole state (the ``BytesIO``) and a second pass over it (the hash).
+Streaming drops the copy of the whole state into a ``BytesIO`` (and the peak memory it held).
 torch's per-record CRC-32 is turned off while lrctl serializes: the sha256 of the whole file, which
 lrctl checks before every load, already covers every byte, and files written without the CRC load
 as before (``torch.load(weights_only=True)``).
 
-Writing on a background thread was measured too and not chosen: of the 123 ms only the ~30 ms
-``fsync`` waits on the disk; the rest is CPU the training threads would lose anyway on a machine
-whose cores they use, and the journal's ``saved`` event must stay after the durable file and in
-order with every other event (:mod:`lrctl.recovery` depends on it).
+Measured and not chosen: hashing each large record on a helper thread while this one writes it
+(99 vs 101 ms: the write into the page cache is the smaller half), and writing on a background
+thread: of the 94 ms only the ~25 ms ``fsync`` waits on the disk, the rest is CPU that training (or
+the next chunk) would lose anyway on a machine whose cores it uses, and every later write of the run
+(the journal's ``saved`` event, ``pending.json``, the kept link) must wait for the file to be durable,
+in order (:mod:`lrctl.recovery` relies on it): the chunk's end could not return earlier.
 """
 
 from __future__ import annotations
