@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
         print_table(rows)
         if "cpu" in devices and not args.no_state_costs:
-            print("\nkeeping a run safe (median ms; an epoch of the 10M model is about 2 s here):")
+            print("\nkeeping a run safe (median ms):")
             for label, hidden in (("lesson", [4, 4]), ("10M", [2240, 2240, 2240])):
                 costs = state_costs_ms(workdir, hidden, label)
                 print(f"  {label} ({costs['params']:,} parameters): epoch-boundary copy "
