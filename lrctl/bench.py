@@ -14,9 +14,9 @@ processes (scikit-learn's digits and the 38k-parameter CNN of ``configs/digits.t
 ``backward``, ``step``, then the train and test metric over the whole sets read with ``.item()``;
 the DataLoader loops use ``DataLoader(shuffle=True)`` and evaluate in batches of 1,000 (PyTorch's
 MNIST example). lrctl runs through a real :class:`~lrctl.session.RunSession` with TensorBoard logging
-and the default checkpoint cadence (every 5 s and at every chunk end). Each row's loops train the
-same model on the same data in one process, in interleaved rounds (the VM is noisy: compare the
-ratios within a run).
+and the default checkpoint cadence (every 5 s of training and at every chunk end). Each row's loops
+train the same model on the same data in one process, in interleaved rounds whose order alternates
+(the VM is noisy: compare the ratios within a run).
 
 Peak memory is each loop's own: it is built and trained alone in a fresh interpreter after a warm-up,
 and the rise of the resident high-water mark is reported (CPU, Linux; the training process only, not
@@ -165,10 +165,11 @@ def build_loops(p: Workload, device: str, workdir: Path, tag: str) -> dict[str, 
 
 
 def measure(loops: dict[str, Loop], epochs: int, rounds: int) -> dict[str, float]:
-    """Median ms per epoch of each loop over interleaved rounds."""
+    """Median ms per epoch of each loop over interleaved rounds, every other round in reverse order (no loop
+    always runs right after the same one, in caches or load the one before left)."""
     times: dict[str, list[float]] = {name: [] for name in loops}
-    for _ in range(rounds):
-        for name, run in loops.items():
+    for i in range(rounds):
+        for name, run in list(loops.items())[::-1 if i % 2 else 1]:
             started = time.perf_counter()
             run(epochs)
             times[name].append((time.perf_counter() - started) / epochs * 1000)
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
         print_table(rows)
         if "cpu" in devices and not args.no_state_costs:
-            print("\nkeeping a run safe (median ms; an epoch of the 10M model is about 2 s here):")
+            print("\nkeeping a run safe (median ms):")
             for label, hidden in (("lesson", [4, 4]), ("10M", [2240, 2240, 2240])):
                 costs = state_costs_ms(workdir, hidden, label)
                 print(f"  {label} ({costs['params']:,} parameters): epoch-boundary copy "

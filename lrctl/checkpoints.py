@@ -25,7 +25,7 @@ from typing import Any
 
 from lrctl import __version__
 from lrctl._faults import point as _fault_point
-from lrctl.durable import RunError, atomic_write, fsync_dir, stat_key, write_synced
+from lrctl.durable import RunError, atomic_write, fsync_dir, stat_key
 
 CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"
@@ -67,13 +67,14 @@ class CheckpointFiles:
         ``replace_latest`` says is from a dropped timeline (an abandoned or diverged epoch's mid-epoch
         checkpoint). Returns the new sha256.
         """
-        import torch
+        from lrctl.checkpoint_writer import write_checkpoint
 
-        buffer = io.BytesIO()
-        torch.save({**state, "lrctl_version": __version__}, buffer)
-        data = buffer.getbuffer()  # no copy of the bytes (38 MB at 10M parameters)
-        sha = hashlib.sha256(data).hexdigest()
         latest, previous = self.dir / CHECKPOINT_FILE, self.dir / PREVIOUS_CHECKPOINT_FILE
+        try:  # the temp file first: streamed and hashed in one pass (lrctl.checkpoint_writer says why)
+            tmp, sha = write_checkpoint(latest, {**state, "lrctl_version": __version__})
+        except OSError as e:
+            raise RunError(f"could not save checkpoint in {self.dir}: {e.strerror or e}; "
+                           "the previous checkpoint is intact") from None
         meta = self.read_meta()
         # The file this process wrote last needs no re-reading: its stat is what it was after the write.
         latest_sha = (self._written[1] if self._written and self._written[0] == stat_key(latest)
@@ -95,9 +96,7 @@ class CheckpointFiles:
             prev_summary = (meta.get("previous_summary") if prev_sha == known.get(PREVIOUS_CHECKPOINT_FILE)
                             else meta.get("summary")) if prev_ok else None
             prev_sha = prev_sha if prev_ok else None
-        tmp = latest.with_name(f".{CHECKPOINT_FILE}.{os.getpid()}.tmp")
         try:
-            write_synced(latest, data)
             new_meta = {"sha256": {CHECKPOINT_FILE: sha, PREVIOUS_CHECKPOINT_FILE: prev_sha},
                         "good": sorted(good), "summary": summary, "previous_summary": prev_summary}
             atomic_write(self.dir / CHECKPOINT_META_FILE, json.dumps(new_meta).encode())

@@ -55,3 +55,11 @@ def test_peak_memory_counts_what_the_loop_adds():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     bare = float(result.stdout.strip().splitlines()[-1])
     assert 38 < bare < 200, result.stdout + result.stderr
+
+
+def test_rounds_alternate_their_order():
+    calls: list[str] = []
+    loops = {name: (lambda epochs, name=name: calls.append(name)) for name in ("bare", "lrctl", "extra")}
+    times = bench.measure(loops, epochs=1, rounds=3)
+    assert calls == ["bare", "lrctl", "extra", "extra", "lrctl", "bare", "bare", "lrctl", "extra"]
+    assert set(times) == set(loops) and all(t >= 0 for t in times.values())

@@ -378,6 +378,8 @@ class Lifecycle(RuleBasedStateMachine):
         if outcome.status == "abandoned":
             # Abandon drops only the running epoch: back to the last epoch boundary, never further.
             assert end == self.session.global_step
+        if m.pending and m.pending[0]["start"] == start and outcome.status in ("abandoned", "diverged"):
+            m.boundaries.add(start)  # kept before it trained, though its first epoch was dropped
         for chunk in list(m.pending):
             chunk_end = chunk["start"] + chunk["epochs"]
             if end <= chunk["start"]:

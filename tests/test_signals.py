@@ -80,6 +80,38 @@ def test_kill_mid_epoch_then_resume_is_bit_identical(tmp_path):
         assert read_scalars(runs / "r" / sub) == read_scalars(runs / "ref" / sub)
 
 
+def test_time_at_the_prompt_does_not_make_the_next_chunk_save_early(tmp_path):
+    """The save cadence counts training since the last save: after a long wait at the prompt, a chunk
+    saves on the cadence of its own epochs (and at its end), not after its first epoch too."""
+    clock = FakeClock()  # a few tenths of a second an epoch here: the 1 s cadence comes every few epochs
+    session = RunSession.open(tmp_path, "r", with_overrides(RunConfig(), ["data.rows=300"]), save_every=1.0,
+                              clock=clock)
+    session.load()
+
+    def saved_steps(chunk: int, expression: str) -> list[int]:
+        clock.now += 100.0  # the user thinks at the prompt
+        before = len(session.store.read_journal())
+        session.train(chunk, expression)
+        return [e["step"] for e in session.store.read_journal()[before:] if e["event"] == "saved"]
+
+    assert saved_steps(2, "0.03") == [2]
+    assert saved_steps(2, "keep") == [4]
+    steps = saved_steps(8, "keep")
+    assert steps[-1] == 12 and len(steps) >= 2 and steps[0] > 5, steps  # the cadence goes on within the chunk
+    session.close()
+
+
+def test_a_chunks_last_epoch_is_saved_once(tmp_path):
+    """Every epoch is due at --save-every 0; the last one is saved by the chunk's end (and kept), not twice."""
+    session = RunSession.open(tmp_path, "r", with_overrides(RunConfig(), ["data.rows=300"]), save_every=0)
+    session.load()
+    before = len(session.store.read_journal())
+    session.train(3, "0.03")
+    assert [e["step"] for e in session.store.read_journal()[before:] if e["event"] == "saved"] == [1, 2, 3]
+    assert 3 in session.store.kept_steps()
+    session.close()
+
+
 def test_ctrl_c_twice_drops_only_the_running_epoch(tmp_path):
     """With no checkpoint for many epochs, abandoning epoch 6 goes back to its start, not to epoch 0."""
 
