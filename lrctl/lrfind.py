@@ -1,29 +1,32 @@
-"""The learning-rate range test: sweep the lr exponentially from the current state, measure, suggest.
+"""The learning-rate range test: sweep the lr from the current state, try a few lrs for real, suggest.
 
 ::
 
-    $ lrctl find-lr --run demo                          # 1e-5..1 over 100 batches (or 5 epochs' worth)
+    $ lrctl find-lr --run demo                          # 1e-5..1, then three 2-epoch trials
     $ lrctl find-lr --run demo --start 1e-6 --end 1 --batches 200
     Learning rate: find start=1e-6 end=1 batches=200    # the same at the prompt
 
-The run itself is never changed: the trainer's full state (weights, optimizer, schedule, RNG) is
-copied before the sweep and restored after it, nothing is saved, and the sweep is logged to its own
+The run itself is never changed: the trainer's full state (weights, optimizer, schedule, RNG, batch
+order) is copied before and restored after, nothing is saved, and the sweep is logged to its own
 TensorBoard run (``<runs-dir>/_lr-find/<run>-e<epoch>``), outside the run's directory.
 
-How it differs from fastai's and Lightning's finders (issue #19): they read the loss of the batch
-just trained on and smooth it, so their curve is batch-to-batch noise under a lagging average, and
-their rules (fastai's *valley* and *steep*, Lightning's steepest gradient) pick points inside that
-noise or at the very start of the sweep. Here, after every step, the loss is measured on the same fixed
-rows of the training set (up to :data:`EVAL_ROWS`, in eval mode, as the run's own train metric is), so
-two points differ only by what the steps did. Then:
+How it differs from fastai's and Lightning's finders (issue #19): they read the loss of the batch just
+trained on and smooth it, so their curve is batch-to-batch noise under a lagging average, and their
+rules (fastai's *valley* and *steep*, Lightning's steepest gradient) pick points inside that noise or
+at the very start of the sweep; and one pass at a growing lr says where a *step* stops helping, not
+which lr trains best over the next epochs. Here:
 
-- ``best`` is where the (median-filtered) measured loss is lowest: past it, larger steps stop helping;
-- the suggestion is :data:`BELOW_BEST` of ``best``: a constant lr trained for a chunk of epochs does
-  best some way below the lr at which one pass stops improving (measured: ``python -m lrctl.lrtruth``);
-- the band is the same fraction of every lr whose loss is within the noise (or a tenth of the whole
-  drop) of the lowest: where the sweep cannot tell the minimum apart;
-- when the loss moves less than the sweep can tell (:data:`FLAT` of itself, or three times its
-  step-to-step scatter) it names no lr and says so in plain words, with the range that is flat.
+1. **Sweep**: the lr grows exponentially over :func:`default_batches` steps and after every step the
+   loss is measured on the same fixed rows of the training set (up to :data:`EVAL_ROWS`, in eval mode,
+   as the run's own train metric is), so two points differ only by what the steps did. ``best`` is
+   where that (median-filtered) loss is lowest. When the loss moves less than the sweep can tell
+   (:data:`FLAT` of itself, or three times its step-to-step scatter) it names no lr and says so.
+2. **Trials**: from the run's state, :data:`TRIAL_EPOCHS` epochs at each of :data:`CANDIDATES` times
+   ``best`` (a half to a tenth: past ``best`` one pass already stops improving, and over several epochs
+   a constant lr does best some way below it), on the run's own next batches, each measured on the same
+   rows at the end; a fourth, lower one when the lowest candidate wins. The suggestion is the candidate
+   that leaves the loss lowest; the band is every candidate within :data:`FLAT` of the start loss of it
+   (the trials cannot tell them apart); when all of them are, the finder says it cannot tell.
 
 ``python -m lrctl.lrtruth`` scores this against the lr that actually trains best over 10 epochs (a grid
 of constant-lr runs from the same state) and against fastai's and Lightning's rules.
@@ -34,30 +37,43 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lrctl.engine import Trainer
 
 EVAL_ROWS = 2048  # rows of the training set the loss is measured on after every step
-BELOW_BEST = 1 / 3  # the suggestion: this fraction of the lr where the measured loss is lowest
-FLAT = 0.02  # a loss that moves less than 2% of itself over the sweep cannot tell lrs apart
-BAND = 0.1  # the band: lrs whose loss is within this fraction of the whole drop of the lowest (or the noise)
+FLAT = 0.02  # losses closer than 2% of the starting loss cannot be told apart (sweep and trials)
+TRIAL_EPOCHS = 2  # each candidate lr trains this many epochs from the run's state
+STEP = 10 ** (-1 / 3)  # the trials' lrs: ``best`` times STEP, STEP**2, ... (three per decade)...
+MAX_TRIALS = 3  # ...two at first, then a third, lower, when the lower of the two trains best
+LAST = 5  # a trial is measured after each of its last LAST steps
+
+
+@dataclass
+class Trial:
+    """``epochs`` epochs at a constant ``lr`` from the run's state: the loss on the fixed rows after them."""
+
+    lr: float
+    loss: float  # the mean of the last LAST measurements (inf when the trial diverged)
+    noise: float = 0.0  # half their range: how far apart two trials may end by chance
 
 
 @dataclass
 class RangeTest:
-    """A sweep and what it says. ``losses[i]`` is the loss on the fixed rows after the step at ``lrs[i]``."""
+    """A sweep, the trials, and what they say. ``losses[i]`` is the loss on the fixed rows after the step
+    at ``lrs[i]``."""
 
     lrs: list[float]
     losses: list[float]
     start_loss: float
-    suggestion: float | None  # None when the sweep cannot tell (then ``flat`` says why)
-    low: float  # the band: suggestions as good as this one, as far as the sweep can tell
+    suggestion: float | None  # None when the finder cannot tell (then ``flat`` says why)
+    low: float  # the band: lrs as good as the suggestion, as far as the finder can tell
     high: float
-    best: float  # the lr where the measured loss is lowest
-    flat: str | None  # the plain statement when the sweep cannot tell, else None
+    best: float  # the lr where the loss measured along the sweep is lowest
+    flat: str | None  # the plain statement when the finder cannot tell, else None
     stopped_early: bool
-    note: str | None = None  # e.g. the loss was still falling when the sweep ended
+    note: str | None = None  # e.g. the best trial was the largest candidate
+    trials: list[Trial] = field(default_factory=list)
 
     def marks(self) -> dict[str, float]:
         """The lrs a chart marks: the suggestion and its band, or the flat range."""
@@ -66,13 +82,19 @@ class RangeTest:
         return {"suggested": self.suggestion, "band": self.low, "to": self.high}
 
     def summary(self) -> str:
-        """What the sweep says, in one or two lines."""
+        """What the finder says, in one to three lines."""
         if self.suggestion is None:
             return f"no suggestion: {self.flat}"
-        text = (f"suggested lr: {self.suggestion:.3g} (band {self.low:.2g}..{self.high:.2g}) · a third of "
-                f"{self.best:.2g}, where the loss measured after each step is lowest "
-                f"({self.start_loss:.4g} -> {min(self.losses):.4g})")
+        text = (f"suggested lr: {self.suggestion:.3g} (band {self.low:.2g}..{self.high:.2g}) · {_trials_text(self)}"
+                f"; the candidates are a half to a tenth of {self.best:.2g}, where the sweep's loss is lowest")
         return text + (f"\n{self.note}" if self.note else "")
+
+
+def _trials_text(result: RangeTest) -> str:
+    trials = sorted(result.trials, key=lambda t: -t.lr)
+    return (f"{TRIAL_EPOCHS} epochs from here at " + " / ".join(f"{t.lr:.2g}" for t in trials)
+            + " leave the loss at " + " / ".join("diverged" if math.isinf(t.loss) else f"{t.loss:.4g}" for t in trials)
+            + f" (it is {result.start_loss:.4g})")
 
 
 def _median_filter(values: list[float], half: int = 2) -> list[float]:
@@ -84,29 +106,44 @@ def _median_filter(values: list[float], half: int = 2) -> list[float]:
     return out
 
 
-def suggest(lrs: list[float], losses: list[float], start_loss: float, stopped_early: bool = False) -> RangeTest:
-    """What a measured sweep says; pure, so it is tested on made-up curves too."""
+def read_sweep(lrs: list[float], losses: list[float], start_loss: float) -> tuple[float, str | None, float]:
+    """(``best``, the statement when the sweep is flat or None, the top of the flat range); pure."""
     curve = _median_filter(losses)
     best = min(range(len(curve)), key=curve.__getitem__)
     # What the steps themselves add to the measurement: the raw points' scatter around the filtered curve.
     noise = statistics.median(abs(a - b) for a, b in zip(losses, curve, strict=True))
-    drop = start_loss - curve[best]
     tolerance = max(FLAT * abs(start_loss), 3 * noise)
-    if drop < tolerance:
-        top = max(i for i, v in enumerate(curve) if v <= start_loss + tolerance)
-        statement = (f"flat from {lrs[0]:.2g} to {lrs[top]:.2g}: the loss moved less than the sweep can tell "
-                     f"({start_loss:.4g} -> {curve[best]:.4g}), so any lr in that range is as good after one pass"
-                     + (f"; sweep higher to see where a larger lr starts to help (end above {lrs[top]:.2g})"
-                        if top == len(curve) - 1 else f"; above {lrs[top]:.2g} the loss rises"))
-        return RangeTest(lrs, losses, start_loss, None, lrs[0], lrs[top], lrs[best], statement, stopped_early)
-    # Where the lowest loss may lie: every lr whose loss is within the noise (or a tenth of the drop) of it.
-    near = [i for i, v in enumerate(curve) if v <= curve[best] + max(2 * noise, BAND * drop)]
-    note = None
-    if best >= len(curve) - 2 and not stopped_early:
-        note = (f"the loss was still falling when the sweep ended at {lrs[-1]:.2g}: a larger lr may do as well "
-                f"(sweep further with a higher end)")
-    return RangeTest(lrs, losses, start_loss, lrs[best] * BELOW_BEST, lrs[near[0]] * BELOW_BEST,
-                     lrs[near[-1]] * BELOW_BEST, lrs[best], None, stopped_early, note)
+    if start_loss - curve[best] >= tolerance:
+        return lrs[best], None, lrs[best]
+    top = max(i for i, v in enumerate(curve) if v <= start_loss + tolerance)
+    statement = (f"flat from {lrs[0]:.2g} to {lrs[top]:.2g}: the loss moved less than the sweep can tell "
+                 f"({start_loss:.4g} -> {curve[best]:.4g}), so any lr in that range is as good after one pass"
+                 + (f"; sweep higher to see where a larger lr starts to help (end above {lrs[top]:.2g})"
+                    if top == len(curve) - 1 else f"; above {lrs[top]:.2g} the loss rises"))
+    return lrs[best], statement, lrs[top]
+
+
+def suggest(lrs: list[float], losses: list[float], start_loss: float, trials: list[Trial],
+            stopped_early: bool = False) -> RangeTest:
+    """What a measured sweep and its trials say; pure, so it is tested on made-up numbers too."""
+    best, flat, top = read_sweep(lrs, losses, start_loss)
+    if flat is not None:
+        return RangeTest(lrs, losses, start_loss, None, lrs[0], top, best, flat, stopped_early, trials=trials)
+    trials = sorted(trials, key=lambda t: -t.lr)
+    winner = min(trials, key=lambda t: t.loss)
+    if math.isinf(winner.loss):
+        raise ValueError(f"every trial diverged ({trials[-1].lr:.2g}..{trials[0].lr:.2g}): try a lower end")
+    # Trials that end within their noise of the lowest: the trials cannot tell these lrs apart.
+    near = [t.lr for t in trials if t.loss <= winner.loss + winner.noise + t.noise]
+    result = RangeTest(lrs, losses, start_loss, winner.lr, min(near), max(near), best, None, stopped_early,
+                       trials=trials)
+    if len(near) == len(trials):
+        result.note = (f"the trials end within their step-to-step scatter of each other: any lr from "
+                       f"{min(near):.2g} to {max(near):.2g} trains about as well over {TRIAL_EPOCHS} epochs")
+    elif winner is trials[0]:
+        result.note = (f"the largest candidate trained best: up to {best:.2g} (where one pass stops improving) "
+                       "may do as well")
+    return result
 
 
 def _eval_rows(trainer: Trainer):
@@ -124,35 +161,39 @@ def _eval_rows(trainer: Trainer):
     return x.to(trainer.device), y.to(trainer.device)
 
 
-def sweep(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int = 100,
-          diverge: float = 4.0) -> tuple[list[float], list[float], float, bool]:
-    """(lrs, measured losses, starting loss, stopped early): ``batches`` steps from the trainer's state,
-    which is restored afterwards. One host read per step: this is a probe, not training."""
-    import torch
+class _Probe:
+    """The trainer, its state to come back to, and the fixed rows every measurement reads."""
 
-    saved = copy.deepcopy(trainer.state_dict())
-    model, loss_fn = trainer.model, trainer.loss_fn
-    x_eval, y_eval = _eval_rows(trainer)
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.saved = copy.deepcopy(trainer.state_dict())
+        self.x, self.y = _eval_rows(trainer)
 
-    def measure() -> float:
+    def measure(self) -> float:
+        import torch
+
+        model = self.trainer.model
         model.eval()
         with torch.inference_mode():
-            value = float(loss_fn(model(x_eval), y_eval))
+            value = float(self.trainer.loss_fn(model(self.x), self.y))
         model.train()
         return value
 
-    lrs: list[float] = []
-    losses: list[float] = []
-    stopped = False
-    try:
-        start_loss = measure()
-        best = start_loss
+    def restore(self) -> None:
+        self.trainer.load_state_dict(copy.deepcopy(self.saved))
+
+    def sweep(self, start: float, end: float, batches: int, diverge: float) -> tuple[list[float], list[float], bool]:
+        """(lrs, measured losses, stopped early): one step per lr, one host read per step."""
+        trainer = self.trainer
+        lrs: list[float] = []
+        losses: list[float] = []
+        best, stopped = self.start_loss, False
         epoch = trainer.global_step
         while len(lrs) < batches and not stopped:
             for x, y in trainer.batches(epoch):
                 lr = start * (end / start) ** (len(lrs) / max(1, batches - 1))
                 step_at(trainer, lr, x, y)
-                value = measure()
+                value = self.measure()
                 lrs.append(lr)
                 losses.append(value)
                 best = min(best, value)
@@ -160,15 +201,49 @@ def sweep(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int 
                 if stopped or len(lrs) >= batches:
                     break
             epoch += 1  # the next pass over the data takes the next epoch's order
+        return lrs, losses, stopped
+
+    def trial(self, lr: float) -> Trial:
+        """TRIAL_EPOCHS epochs at ``lr`` from the saved state over the run's own next batches (the orders
+        its next epochs will take), measured after each of the last LAST steps."""
+        self.restore()
+        trainer = self.trainer
+        steps = TRIAL_EPOCHS * trainer.batches_per_epoch
+        values = []
+        for epoch in range(trainer.global_step, trainer.global_step + TRIAL_EPOCHS):
+            for x, y in trainer.batches(epoch):
+                step_at(trainer, lr, x, y)
+                steps -= 1
+                if steps < LAST:
+                    values.append(self.measure())
+        if not all(math.isfinite(v) for v in values):
+            return Trial(lr, math.inf, math.inf)
+        return Trial(lr, statistics.fmean(values), (max(values) - min(values)) / 2)
+
+    @property
+    def start_loss(self) -> float:
+        if not hasattr(self, "_start"):
+            self._start = self.measure()
+        return self._start
+
+
+def sweep(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int = 100,
+          diverge: float = 4.0) -> tuple[list[float], list[float], float, bool]:
+    """(lrs, measured losses, starting loss, stopped early): ``batches`` steps from the trainer's state,
+    which is restored afterwards."""
+    probe = _Probe(trainer)
+    try:
+        start_loss = probe.start_loss
+        lrs, losses, stopped = probe.sweep(start, end, batches, diverge)
     finally:
-        trainer.load_state_dict(saved)
+        probe.restore()
     keep = [i for i, v in enumerate(losses) if math.isfinite(v)]
     return [lrs[i] for i in keep], [losses[i] for i in keep], start_loss, stopped
 
 
 def default_batches(trainer: Trainer) -> int:
-    """100 steps, or five epochs' worth when an epoch is shorter than 20 batches (the sweep measures after
-    every step, so it costs about twice its steps: ~10 epochs at most)."""
+    """Two epochs' worth of steps, 20 to 100: the sweep only has to find the range the trials look in
+    (with a measurement after every step it costs about four epochs; the trials cost six or eight)."""
     return max(20, min(100, 5 * trainer.batches_per_epoch))
 
 
@@ -185,15 +260,29 @@ def step_at(trainer: Trainer, lr: float, x, y):
 
 def range_test(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int | None = None,
                diverge: float = 4.0) -> RangeTest:
-    """Sweep, restore, suggest. ``batches`` defaults to :func:`default_batches`."""
-    lrs, losses, start_loss, stopped = sweep(trainer, start, end, batches or default_batches(trainer), diverge)
-    if len(lrs) < 5:
-        raise ValueError("the loss exploded at once: try a lower start (find-lr --start, or find start=...)")
-    return suggest(lrs, losses, start_loss, stopped)
+    """Sweep, try the candidates, restore, suggest. ``batches`` defaults to :func:`default_batches`."""
+    probe = _Probe(trainer)
+    try:
+        start_loss = probe.start_loss
+        lrs, losses, stopped = probe.sweep(start, end, batches or default_batches(trainer), diverge)
+        keep = [i for i, v in enumerate(losses) if math.isfinite(v)]
+        lrs, losses = [lrs[i] for i in keep], [losses[i] for i in keep]
+        if len(lrs) < 5:
+            raise ValueError("the loss exploded at once: try a lower start (find-lr --start, or find start=...)")
+        best, flat, _ = read_sweep(lrs, losses, start_loss)
+        trials: list[Trial] = []
+        if flat is None:
+            trials = [probe.trial(best * STEP), probe.trial(best * STEP ** 2)]
+            # While the lowest lr so far trains best, one lower may train better still.
+            while len(trials) < MAX_TRIALS and min(trials, key=lambda t: t.loss) is trials[-1]:
+                trials.append(probe.trial(best * STEP ** (len(trials) + 1)))
+    finally:
+        probe.restore()
+    return suggest(lrs, losses, start_loss, trials, stopped)
 
 
 def log_sweep(runs_dir, run: str, epoch: int, result: RangeTest):
-    """The sweep as its own TensorBoard run; returns its directory."""
+    """The sweep as its own TensorBoard run (the trials in its text); returns its directory."""
     from pathlib import Path
 
     from lrctl.tblog import TensorBoardLogger
