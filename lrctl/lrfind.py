@@ -19,14 +19,24 @@ which lr trains best over the next epochs. Here:
 1. **Sweep**: the lr grows exponentially over :func:`default_batches` steps and after every step the
    loss is measured on the same fixed rows of the training set (up to :data:`EVAL_ROWS`, in eval mode,
    as the run's own train metric is), so two points differ only by what the steps did. ``best`` is
-   where that (median-filtered) loss is lowest. When the loss moves less than the sweep can tell
-   (:data:`FLAT` of itself, or three times its step-to-step scatter) it names no lr and says so.
-2. **Trials**: from the run's state, :data:`TRIAL_EPOCHS` epochs at each of :data:`CANDIDATES` times
-   ``best`` (a half to a tenth: past ``best`` one pass already stops improving, and over several epochs
-   a constant lr does best some way below it), on the run's own next batches, each measured on the same
-   rows at the end; a fourth, lower one when the lowest candidate wins. The suggestion is the candidate
-   that leaves the loss lowest; the band is every candidate within :data:`FLAT` of the start loss of it
-   (the trials cannot tell them apart); when all of them are, the finder says it cannot tell.
+   where that (median-filtered) loss is lowest, ``knee`` the first lr where it has made :data:`KNEE`
+   of its drop. When the loss moves less than the sweep can tell (:data:`FLAT` of itself, or three
+   times its step-to-step scatter) it names no lr and says so.
+2. **Trials**: from the run's state, :data:`TRIAL_EPOCHS` epochs at a constant lr over the run's own
+   next batches (the orders its next epochs will take), at ``knee`` and ``knee`` times :data:`STEP`
+   (0.46x), and at ``STEP**2`` (0.22x) too when the lower of the two wins. The trials start from the
+   knee, not from ``best``: where the lowest point falls is decided by the last few noisy steps before
+   the loss explodes (on ``diabetes`` it moves from 0.24 to 0.79 with the batch order), the knee sits
+   on the steep part of the curve and moves much less (0.24..0.39). Each trial
+   is measured on the same rows after each of its last :data:`LAST` steps: their mean is its loss,
+   half their range its scatter. The suggestion is the trial whose loss is lowest; the band is every
+   trial that ends within the scatter of it (the trials cannot tell them apart).
+
+Why trials: the lr that trains best over ten epochs is not where one pass at a growing lr stops
+improving, and its distance below that point differs by workload (about 0.5x on the lesson, 0.1x on
+``diabetes``); two epochs at a constant lr see what the next epochs will do, at two or three lrs. A
+sweep plus two or three trials costs about ten to fourteen epochs of the run. Two epochs are still a
+short horizon: they favour a larger lr than ten epochs do where a large lr turns unstable only later.
 
 ``python -m lrctl.lrtruth`` scores this against the lr that actually trains best over 10 epochs (a grid
 of constant-lr runs from the same state) and against fastai's and Lightning's rules.
@@ -44,8 +54,9 @@ from lrctl.engine import Trainer
 EVAL_ROWS = 2048  # rows of the training set the loss is measured on after every step
 FLAT = 0.02  # losses closer than 2% of the starting loss cannot be told apart (sweep and trials)
 TRIAL_EPOCHS = 2  # each candidate lr trains this many epochs from the run's state
-STEP = 10 ** (-1 / 3)  # the trials' lrs: ``best`` times STEP, STEP**2, ... (three per decade)...
-MAX_TRIALS = 3  # ...two at first, then a third, lower, when the lower of the two trains best
+KNEE = 0.9  # the knee: the first lr of the sweep where the loss has made this fraction of its drop
+STEP = 10 ** (-1 / 3)  # the trials' lrs: ``knee`` times 1, STEP, STEP**2 (three per decade)...
+MAX_TRIALS = 3  # ...two at first, then the third when the lower of the two trains best
 LAST = 5  # a trial is measured after each of its last LAST steps
 
 
@@ -70,6 +81,7 @@ class RangeTest:
     low: float  # the band: lrs as good as the suggestion, as far as the finder can tell
     high: float
     best: float  # the lr where the loss measured along the sweep is lowest
+    knee: float  # the first lr where it has made KNEE of its drop: the trials start here
     flat: str | None  # the plain statement when the finder cannot tell, else None
     stopped_early: bool
     note: str | None = None  # e.g. the best trial was the largest candidate
@@ -86,7 +98,8 @@ class RangeTest:
         if self.suggestion is None:
             return f"no suggestion: {self.flat}"
         text = (f"suggested lr: {self.suggestion:.3g} (band {self.low:.2g}..{self.high:.2g}) · {_trials_text(self)}"
-                f"; the candidates are a half to a tenth of {self.best:.2g}, where the sweep's loss is lowest")
+                f"; the trials start at {self.knee:.2g}, where one pass of the sweep made {KNEE:.0%} of its drop "
+                f"({self.start_loss:.4g} -> {min(_median_filter(self.losses)):.4g} at {self.best:.2g})")
         return text + (f"\n{self.note}" if self.note else "")
 
 
@@ -106,43 +119,45 @@ def _median_filter(values: list[float], half: int = 2) -> list[float]:
     return out
 
 
-def read_sweep(lrs: list[float], losses: list[float], start_loss: float) -> tuple[float, str | None, float]:
-    """(``best``, the statement when the sweep is flat or None, the top of the flat range); pure."""
+def read_sweep(lrs: list[float], losses: list[float], start_loss: float) -> tuple[float, float, str | None, float]:
+    """(``best``, ``knee``, the statement when the sweep is flat or None, the top of the flat range); pure."""
     curve = _median_filter(losses)
     best = min(range(len(curve)), key=curve.__getitem__)
     # What the steps themselves add to the measurement: the raw points' scatter around the filtered curve.
     noise = statistics.median(abs(a - b) for a, b in zip(losses, curve, strict=True))
     tolerance = max(FLAT * abs(start_loss), 3 * noise)
-    if start_loss - curve[best] >= tolerance:
-        return lrs[best], None, lrs[best]
+    drop = start_loss - curve[best]
+    if drop >= tolerance:
+        knee = next(i for i, v in enumerate(curve) if start_loss - v >= KNEE * drop)
+        return lrs[best], lrs[knee], None, lrs[best]
     top = max(i for i, v in enumerate(curve) if v <= start_loss + tolerance)
     statement = (f"flat from {lrs[0]:.2g} to {lrs[top]:.2g}: the loss moved less than the sweep can tell "
                  f"({start_loss:.4g} -> {curve[best]:.4g}), so any lr in that range is as good after one pass"
                  + (f"; sweep higher to see where a larger lr starts to help (end above {lrs[top]:.2g})"
                     if top == len(curve) - 1 else f"; above {lrs[top]:.2g} the loss rises"))
-    return lrs[best], statement, lrs[top]
+    return lrs[best], lrs[best], statement, lrs[top]
 
 
 def suggest(lrs: list[float], losses: list[float], start_loss: float, trials: list[Trial],
             stopped_early: bool = False) -> RangeTest:
     """What a measured sweep and its trials say; pure, so it is tested on made-up numbers too."""
-    best, flat, top = read_sweep(lrs, losses, start_loss)
+    best, knee, flat, top = read_sweep(lrs, losses, start_loss)
     if flat is not None:
-        return RangeTest(lrs, losses, start_loss, None, lrs[0], top, best, flat, stopped_early, trials=trials)
+        return RangeTest(lrs, losses, start_loss, None, lrs[0], top, best, knee, flat, stopped_early, trials=trials)
     trials = sorted(trials, key=lambda t: -t.lr)
     winner = min(trials, key=lambda t: t.loss)
     if math.isinf(winner.loss):
         raise ValueError(f"every trial diverged ({trials[-1].lr:.2g}..{trials[0].lr:.2g}): try a lower end")
     # Trials that end within their noise of the lowest: the trials cannot tell these lrs apart.
     near = [t.lr for t in trials if t.loss <= winner.loss + winner.noise + t.noise]
-    result = RangeTest(lrs, losses, start_loss, winner.lr, min(near), max(near), best, None, stopped_early,
+    result = RangeTest(lrs, losses, start_loss, winner.lr, min(near), max(near), best, knee, None, stopped_early,
                        trials=trials)
     if len(near) == len(trials):
         result.note = (f"the trials end within their step-to-step scatter of each other: any lr from "
                        f"{min(near):.2g} to {max(near):.2g} trains about as well over {TRIAL_EPOCHS} epochs")
     elif winner is trials[0]:
-        result.note = (f"the largest candidate trained best: up to {best:.2g} (where one pass stops improving) "
-                       "may do as well")
+        result.note = (f"the largest lr tried trained best: a larger one may do as well (the sweep's loss was "
+                       f"lowest at {best:.2g})")
     return result
 
 
@@ -248,13 +263,23 @@ def default_batches(trainer: Trainer) -> int:
 
 
 def step_at(trainer: Trainer, lr: float, x, y):
-    """One optimizer step on batch (x, y) at ``lr`` (every sweep's step); returns the batch's loss tensor."""
+    """One optimizer step on batch (x, y) at ``lr`` (every sweep's and trial's step), as the engine takes
+    it (plain SGD as one fused update; see :class:`~lrctl.engine.Trainer`); returns the batch's loss tensor."""
+    import torch
+
+    params = trainer._params
     for group in trainer.optimizer.param_groups:
         group["lr"] = lr
     loss = trainer.loss_fn(trainer.model(x), y)
-    trainer.optimizer.zero_grad(set_to_none=True)
+    for p in params:
+        p.grad = None
     loss.backward()
-    trainer.optimizer.step()
+    grads = [p.grad for p in params]
+    if trainer._plain_sgd and all(g is not None for g in grads):
+        with torch.no_grad():
+            torch._foreach_add_(params, grads, alpha=-lr)
+    else:
+        trainer.optimizer.step()
     return loss
 
 
@@ -269,13 +294,13 @@ def range_test(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches:
         lrs, losses = [lrs[i] for i in keep], [losses[i] for i in keep]
         if len(lrs) < 5:
             raise ValueError("the loss exploded at once: try a lower start (find-lr --start, or find start=...)")
-        best, flat, _ = read_sweep(lrs, losses, start_loss)
+        _, knee, flat, _ = read_sweep(lrs, losses, start_loss)
         trials: list[Trial] = []
         if flat is None:
-            trials = [probe.trial(best * STEP), probe.trial(best * STEP ** 2)]
+            trials = [probe.trial(knee), probe.trial(knee * STEP)]
             # While the lowest lr so far trains best, one lower may train better still.
             while len(trials) < MAX_TRIALS and min(trials, key=lambda t: t.loss) is trials[-1]:
-                trials.append(probe.trial(best * STEP ** (len(trials) + 1)))
+                trials.append(probe.trial(knee * STEP ** len(trials)))
     finally:
         probe.restore()
     return suggest(lrs, losses, start_loss, trials, stopped)

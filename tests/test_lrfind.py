@@ -27,7 +27,8 @@ def test_fresh_lesson_finder_changes_nothing_and_suggests_the_trial_that_trains_
     assert result.flat is None and result.low <= result.suggestion <= result.high
     assert len(result.trials) >= 2
     assert result.suggestion == min(result.trials, key=lambda t: t.loss).lr
-    assert [t.lr for t in result.trials][:2] == pytest.approx([result.best * STEP, result.best * STEP ** 2])
+    assert [t.lr for t in result.trials][:2] == pytest.approx([result.knee, result.knee * STEP])
+    assert result.knee <= result.best
     # 10 epochs at 0.02..0.1 end within ~10% of the best of a 1e-4..1 grid on most batch orders (lrtruth).
     assert 0.02 <= result.suggestion <= 0.1
 
@@ -61,6 +62,7 @@ def test_suggestion_is_the_trial_that_trains_best_with_its_band():
     trials = [Trial(0.05, 3.0, 0.1), Trial(0.02, 2.0, 0.1), Trial(0.01, 2.15, 0.1), Trial(0.005, 4.0, 0.1)]
     result = suggest(lrs, losses, 10.0, trials)
     assert result.best == pytest.approx(lrs[30], rel=0.3)
+    assert result.knee == lrs[29]  # the first point 90% of the way down: 10 - 8 * (i / 30) ** 2 <= 10 - 0.9 * 8
     assert (result.suggestion, result.low, result.high, result.note) == (0.02, 0.01, 0.02, None)
     assert "2 epochs from here at 0.05 / 0.02 / 0.01 / 0.005 leave the loss at 3 / 2 / 2.15 / 4" in result.summary()
     largest = suggest(lrs, losses, 10.0, [Trial(0.05, 1.0, 0.01), Trial(0.02, 2.0, 0.01)])
