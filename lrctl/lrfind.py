@@ -2,7 +2,7 @@
 
 ::
 
-    $ lrctl find-lr --run demo                          # 1e-5..1, then three 2-epoch trials
+    $ lrctl find-lr --run demo                          # a sweep 1e-5..1, then two 2-epoch trials
     $ lrctl find-lr --run demo --start 1e-6 --end 1 --batches 200
     Learning rate: find start=1e-6 end=1 batches=200    # the same at the prompt
 
@@ -23,19 +23,21 @@ which lr trains best over the next epochs. Here:
    of its drop. When the loss moves less than the sweep can tell (:data:`FLAT` of itself, or three
    times its step-to-step scatter) it names no lr and says so.
 2. **Trials**: from the run's state, :data:`TRIAL_EPOCHS` epochs at a constant lr over the run's own
-   next batches (the orders its next epochs will take), at ``knee`` and ``knee`` times :data:`STEP`
-   (0.46x), and at ``STEP**2`` (0.22x) too when the lower of the two wins. The trials start from the
+   next batches (the orders its next epochs will take), at ``knee`` and at ``knee`` times :data:`STEP`
+   (0.46x). The trials start from the
    knee, not from ``best``: where the lowest point falls is decided by the last few noisy steps before
    the loss explodes (on ``diabetes`` it moves from 0.24 to 0.79 with the batch order), the knee sits
    on the steep part of the curve and moves much less (0.24..0.39). Each trial
    is measured on the same rows after each of its last :data:`LAST` steps: their mean is its loss,
-   half their range its scatter. The suggestion is the trial whose loss is lowest; the band is every
-   trial that ends within the scatter of it (the trials cannot tell them apart).
+   half their range its scatter. The band is the trial whose loss is lowest and every trial that ends
+   within the two trials' scatter of it (the trials cannot tell them apart); the suggestion is the
+   lowest lr of the band: two epochs favour a large lr, and over more epochs a lower one catches up
+   with less step noise and no late instability.
 
 Why trials: the lr that trains best over ten epochs is not where one pass at a growing lr stops
 improving, and its distance below that point differs by workload (about 0.5x on the lesson, 0.1x on
-``diabetes``); two epochs at a constant lr see what the next epochs will do, at two or three lrs. A
-sweep plus two or three trials costs about ten to fourteen epochs of the run. Two epochs are still a
+``diabetes``); two epochs at a constant lr see what the next epochs will do, at two lrs. A
+sweep plus two trials costs about ten to twelve epochs of the run. Two epochs are still a
 short horizon: they favour a larger lr than ten epochs do where a large lr turns unstable only later.
 
 ``python -m lrctl.lrtruth`` scores this against the lr that actually trains best over 10 epochs (a grid
@@ -55,8 +57,7 @@ EVAL_ROWS = 2048  # rows of the training set the loss is measured on after every
 FLAT = 0.02  # losses closer than 2% of the starting loss cannot be told apart (sweep and trials)
 TRIAL_EPOCHS = 2  # each candidate lr trains this many epochs from the run's state
 KNEE = 0.9  # the knee: the first lr of the sweep where the loss has made this fraction of its drop
-STEP = 10 ** (-1 / 3)  # the trials' lrs: ``knee`` times 1, STEP, STEP**2 (three per decade)...
-MAX_TRIALS = 3  # ...two at first, then the third when the lower of the two trains best
+STEP = 10 ** (-1 / 3)  # the trials' lrs: ``knee`` and ``knee`` times STEP (a third of a decade below)
 LAST = 5  # a trial is measured after each of its last LAST steps
 
 
@@ -91,13 +92,16 @@ class RangeTest:
         """The lrs a chart marks: the suggestion and its band, or the flat range."""
         if self.suggestion is None:
             return {"flat from": self.low, "to": self.high}
+        if self.low == self.high:
+            return {"suggested": self.suggestion}
         return {"suggested": self.suggestion, "band": self.low, "to": self.high}
 
     def summary(self) -> str:
         """What the finder says, in one to three lines."""
         if self.suggestion is None:
             return f"no suggestion: {self.flat}"
-        text = (f"suggested lr: {self.suggestion:.3g} (band {self.low:.2g}..{self.high:.2g}) · {_trials_text(self)}"
+        band = f" (band {self.low:.2g}..{self.high:.2g})" if self.low < self.high else ""
+        text = (f"suggested lr: {self.suggestion:.3g}{band} · {_trials_text(self)}"
                 f"; the trials start at {self.knee:.2g}, where one pass of the sweep made {KNEE:.0%} of its drop "
                 f"({self.start_loss:.4g} -> {min(_median_filter(self.losses)):.4g} at {self.best:.2g})")
         return text + (f"\n{self.note}" if self.note else "")
@@ -150,14 +154,18 @@ def suggest(lrs: list[float], losses: list[float], start_loss: float, trials: li
         raise ValueError(f"every trial diverged ({trials[-1].lr:.2g}..{trials[0].lr:.2g}): try a lower end")
     # Trials that end within their noise of the lowest: the trials cannot tell these lrs apart.
     near = [t.lr for t in trials if t.loss <= winner.loss + winner.noise + t.noise]
-    result = RangeTest(lrs, losses, start_loss, winner.lr, min(near), max(near), best, knee, None, stopped_early,
+    # Among lrs the trials cannot tell apart, the lowest: over more epochs than the trials' a lower lr
+    # catches up, with less step noise and no late instability (two epochs favour a large lr).
+    result = RangeTest(lrs, losses, start_loss, min(near), min(near), max(near), best, knee, None, stopped_early,
                        trials=trials)
-    if len(near) == len(trials):
-        result.note = (f"the trials end within their step-to-step scatter of each other: any lr from "
-                       f"{min(near):.2g} to {max(near):.2g} trains about as well over {TRIAL_EPOCHS} epochs")
+    if len(near) > 1:
+        result.note = (f"the trials cannot tell {min(near):.2g} from {max(near):.2g} after {TRIAL_EPOCHS} epochs "
+                       "(each ends within the other's step-to-step scatter): the lower is the safer over more epochs")
     elif winner is trials[0]:
-        result.note = (f"the largest lr tried trained best: a larger one may do as well (the sweep's loss was "
-                       f"lowest at {best:.2g})")
+        result.note = (f"the larger lr trained best: a larger one may do as well over {TRIAL_EPOCHS} epochs (the "
+                       f"sweep's loss was lowest at {best:.2g}), though over more epochs a large lr may turn unstable")
+    elif winner is trials[-1]:
+        result.note = "the lowest lr tried trained best: a lower one may do better still"
     return result
 
 
@@ -257,8 +265,8 @@ def sweep(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int 
 
 
 def default_batches(trainer: Trainer) -> int:
-    """Two epochs' worth of steps, 20 to 100: the sweep only has to find the range the trials look in
-    (with a measurement after every step it costs about four epochs; the trials cost six or eight)."""
+    """100 steps, or five epochs' worth when an epoch is shorter than 20 batches (with a measurement after
+    every step the sweep costs about seven epochs; the two trials about four)."""
     return max(20, min(100, 5 * trainer.batches_per_epoch))
 
 
@@ -298,9 +306,6 @@ def range_test(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches:
         trials: list[Trial] = []
         if flat is None:
             trials = [probe.trial(knee), probe.trial(knee * STEP)]
-            # While the lowest lr so far trains best, one lower may train better still.
-            while len(trials) < MAX_TRIALS and min(trials, key=lambda t: t.loss) is trials[-1]:
-                trials.append(probe.trial(knee * STEP ** len(trials)))
     finally:
         probe.restore()
     return suggest(lrs, losses, start_loss, trials, stopped)

@@ -19,14 +19,15 @@ from tests.conftest import assert_states_equal, read_scalars
 from tests.test_repl import _feed
 
 
-def test_fresh_lesson_finder_changes_nothing_and_suggests_the_trial_that_trains_best():
+def test_fresh_lesson_finder_changes_nothing_and_suggests_from_its_trials():
     trainer = Trainer(RunConfig())  # the defaults users get: the lesson's own batch order
     state = copy.deepcopy(trainer.state_dict())
     result = range_test(trainer)
     assert_states_equal(trainer.state_dict(), state)  # weights, optimizer, schedule, step, RNG, order: untouched
     assert result.flat is None and result.low <= result.suggestion <= result.high
-    assert len(result.trials) >= 2
-    assert result.suggestion == min(result.trials, key=lambda t: t.loss).lr
+    assert len(result.trials) == 2
+    winner = min(result.trials, key=lambda t: t.loss)
+    assert result.suggestion == min(t.lr for t in result.trials if t.loss <= winner.loss + winner.noise + t.noise)
     assert [t.lr for t in result.trials][:2] == pytest.approx([result.knee, result.knee * STEP])
     assert result.knee <= result.best
     # 10 epochs at 0.02..0.1 end within ~10% of the best of a 1e-4..1 grid on most batch orders (lrtruth).
@@ -59,17 +60,21 @@ def test_a_flat_sweep_says_it_cannot_tell_and_why():
 def test_suggestion_is_the_trial_that_trains_best_with_its_band():
     lrs = [10 ** (-4 + i / 10) for i in range(41)]  # 1e-4..1
     losses = [10 - 8 * min(1.0, (i / 30) ** 2) + (max(0, i - 33) ** 2) for i in range(41)]  # lowest at i=30..33
-    trials = [Trial(0.05, 3.0, 0.1), Trial(0.02, 2.0, 0.1), Trial(0.01, 2.15, 0.1), Trial(0.005, 4.0, 0.1)]
+    trials = [Trial(0.05, 3.0, 0.1), Trial(0.02, 2.0, 0.1), Trial(0.01, 2.5, 0.1), Trial(0.005, 4.0, 0.1)]
     result = suggest(lrs, losses, 10.0, trials)
     assert result.best == pytest.approx(lrs[30], rel=0.3)
     assert result.knee == lrs[29]  # the first point 90% of the way down: 10 - 8 * (i / 30) ** 2 <= 10 - 0.9 * 8
-    assert (result.suggestion, result.low, result.high, result.note) == (0.02, 0.01, 0.02, None)
-    assert "2 epochs from here at 0.05 / 0.02 / 0.01 / 0.005 leave the loss at 3 / 2 / 2.15 / 4" in result.summary()
-    largest = suggest(lrs, losses, 10.0, [Trial(0.05, 1.0, 0.01), Trial(0.02, 2.0, 0.01)])
-    assert largest.suggestion == 0.05 and "may do as well" in largest.note
+    assert (result.suggestion, result.low, result.high, result.note) == (0.02, 0.02, 0.02, None)
+    assert "2 epochs from here at 0.05 / 0.02 / 0.01 / 0.005 leave the loss at 3 / 2 / 2.5 / 4" in result.summary()
+    assert result.marks() == {"suggested": 0.02}
+    # Within each other's scatter: the band holds both, and the lower is suggested.
     alike = suggest(lrs, losses, 10.0, [Trial(0.05, 2.0, 0.3), Trial(0.02, 2.4, 0.3)])
-    assert alike.suggestion == 0.05 and (alike.low, alike.high) == (0.02, 0.05)
-    assert "any lr from 0.02 to 0.05 trains about as well" in alike.note
+    assert (alike.suggestion, alike.low, alike.high) == (0.02, 0.02, 0.05)
+    assert "cannot tell 0.02 from 0.05 after 2 epochs" in alike.note and "(band 0.02..0.05)" in alike.summary()
+    larger = suggest(lrs, losses, 10.0, [Trial(0.05, 1.0, 0.01), Trial(0.02, 2.0, 0.01)])
+    assert larger.suggestion == 0.05 and "a larger one may do as well" in larger.note
+    lower = suggest(lrs, losses, 10.0, [Trial(0.05, 2.0, 0.01), Trial(0.02, 1.0, 0.01)])
+    assert lower.suggestion == 0.02 and "a lower one may do better still" in lower.note
     with pytest.raises(ValueError, match="every trial diverged"):
         suggest(lrs, losses, 10.0, [Trial(0.05, math.inf, math.inf), Trial(0.02, math.inf, math.inf)])
 
