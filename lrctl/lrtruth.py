@@ -14,7 +14,7 @@ and its score is that final metric's distance from the grid's best (``+4%`` = 4%
 better than every grid point). The finders:
 
 - **lrctl**: :func:`lrctl.lrfind.range_test` with its defaults, exactly as ``lrctl find-lr`` runs it
-  (a sweep, then a few 2-epoch trials);
+  (a sweep, then two 2-epoch trials);
 - **fastai valley** and **fastai steep**: fastai's ``lr_find`` (100 iterations from 1e-7 to 10, the
   loss of each batch smoothed with beta 0.98, stop when it passes 4x its best, the first 10% and the
   last 5 points trimmed), then ``valley`` (two thirds of the way down the longest decreasing stretch) and
