@@ -37,7 +37,7 @@ which lr trains best over the next epochs. Here:
 Why trials: the lr that trains best over ten epochs is not where one pass at a growing lr stops
 improving, and its distance below that point differs by workload (about 0.5x on the lesson, 0.1x on
 ``diabetes``); two epochs at a constant lr see what the next epochs will do, at two lrs. A
-sweep plus two trials costs about ten to twelve epochs of the run. Two epochs are still a
+sweep plus two trials costs about ten to fourteen epochs of the run (about twelve). Two epochs are still a
 short horizon: they favour a larger lr than ten epochs do where a large lr turns unstable only later.
 
 ``python -m lrctl.lrtruth`` scores this against the lr that actually trains best over 10 epochs (a grid
