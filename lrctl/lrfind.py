@@ -24,21 +24,20 @@ which lr trains best over the next epochs. Here:
    times its step-to-step scatter) it names no lr and says so.
 2. **Trials**: from the run's state, :data:`TRIAL_EPOCHS` epochs at a constant lr over the run's own
    next batches (the orders its next epochs will take), at ``knee`` and at ``knee`` times :data:`STEP`
-   (0.46x). The trials start from the
-   knee, not from ``best``: where the lowest point falls is decided by the last few noisy steps before
-   the loss explodes (on ``diabetes`` it moves from 0.24 to 0.79 with the batch order), the knee sits
-   on the steep part of the curve and moves much less (0.24..0.39). Each trial
-   is measured on the same rows after each of its last :data:`LAST` steps: their mean is its loss,
-   half their range its scatter. The band is the trial whose loss is lowest and every trial that ends
+   (0.46x). They start from the knee, not from ``best``: where the lowest point falls is decided by the
+   last few noisy steps before the loss explodes (on ``diabetes`` it moves from 0.24 to 0.79 with the
+   batch order), while the knee sits on the steep part of the curve and moves much less (0.24..0.39).
+   Each trial is measured on the same rows after each of its last :data:`LAST` steps: their mean is its
+   loss, half their range its scatter. The band is the trial whose loss is lowest and every trial that ends
    within the two trials' scatter of it (the trials cannot tell them apart); the suggestion is the
    lowest lr of the band: two epochs favour a large lr, and over more epochs a lower one catches up
    with less step noise and no late instability.
 
 Why trials: the lr that trains best over ten epochs is not where one pass at a growing lr stops
 improving, and its distance below that point differs by workload (about 0.5x on the lesson, 0.1x on
-``diabetes``); two epochs at a constant lr see what the next epochs will do, at two lrs. A
-sweep plus two trials costs about ten to fourteen epochs of the run (about twelve). Two epochs are still a
-short horizon: they favour a larger lr than ten epochs do where a large lr turns unstable only later.
+``diabetes``); two epochs at a constant lr see what the next epochs will do, at two lrs. A sweep plus
+two trials costs about ten to fourteen epochs of the run (about twelve). Two epochs are still a short
+horizon: they favour a larger lr than ten epochs do where a large lr turns unstable only later.
 
 ``python -m lrctl.lrtruth`` scores this against the lr that actually trains best over 10 epochs (a grid
 of constant-lr runs from the same state) and against fastai's and Lightning's rules.
@@ -54,7 +53,7 @@ from dataclasses import dataclass, field
 from lrctl.engine import Trainer
 
 EVAL_ROWS = 2048  # rows of the training set the loss is measured on after every step
-FLAT = 0.02  # losses closer than 2% of the starting loss cannot be told apart (sweep and trials)
+FLAT = 0.02  # a sweep whose loss moves less than 2% of the starting loss cannot tell lrs apart
 TRIAL_EPOCHS = 2  # each candidate lr trains this many epochs from the run's state
 KNEE = 0.9  # the knee: the first lr of the sweep where the loss has made this fraction of its drop
 STEP = 10 ** (-1 / 3)  # the trials' lrs: ``knee`` and ``knee`` times STEP (a third of a decade below)
@@ -63,7 +62,7 @@ LAST = 5  # a trial is measured after each of its last LAST steps
 
 @dataclass
 class Trial:
-    """``epochs`` epochs at a constant ``lr`` from the run's state: the loss on the fixed rows after them."""
+    """TRIAL_EPOCHS epochs at a constant ``lr`` from the run's state, measured on the fixed rows at the end."""
 
     lr: float
     loss: float  # the mean of the last LAST measurements (inf when the trial diverged)
@@ -85,7 +84,7 @@ class RangeTest:
     knee: float  # the first lr where it has made KNEE of its drop: the trials start here
     flat: str | None  # the plain statement when the finder cannot tell, else None
     stopped_early: bool
-    note: str | None = None  # e.g. the best trial was the largest candidate
+    note: str | None = None  # which way a better lr may lie, or that the trials cannot tell theirs apart
     trials: list[Trial] = field(default_factory=list)
 
     def marks(self) -> dict[str, float]:
