@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--batches-per-epoch", type=int, default=14,
                           help="batches per epoch, for per-batch schedules (cyclic, onecycle; default 14, the "
                                "lesson's)")
-    find = sub.add_parser("find-lr", help="lr range test from a run's current state; the run is not changed")
+    find = sub.add_parser("find-lr", help="lr range test (a sweep, then two 2-epoch trials) from a run's current "
+                          "state; the run is not changed")
     find.add_argument("--run", default="default", help="the run whose current state is swept (default 'default')")
     find.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
     find.add_argument("--start", type=float, default=1e-5, help="the sweep's first lr (default 1e-5)")

@@ -5,6 +5,7 @@
     $ python -m lrctl.lrtruth                 # the table (also: python -m lrctl.bench --lr-finders)
     $ python -m lrctl.lrtruth --more          # and four more states, kept out of the finder's tuning
     $ python -m lrctl.lrtruth --orders 3      # each state also with two other batch orders
+    $ python -m lrctl.lrtruth --seed 25       # another initial model (model.seed) for every state
 
 For every workload state, the ground truth is a grid: from the same state, K epochs (10) at each of 13
 constant lrs from 1e-4 to 1 (three per decade), and the final train metric of each; the best grid lr is
@@ -12,7 +13,8 @@ the truth. Each finder then suggests an lr from the same state, K epochs are tra
 and its score is that final metric's distance from the grid's best (``+4%`` = 4% worse; negative =
 better than every grid point). The finders:
 
-- **lrctl**: :func:`lrctl.lrfind.range_test` with its defaults, exactly as ``lrctl find-lr`` runs it;
+- **lrctl**: :func:`lrctl.lrfind.range_test` with its defaults, exactly as ``lrctl find-lr`` runs it
+  (a sweep, then two 2-epoch trials);
 - **fastai valley** and **fastai steep**: fastai's ``lr_find`` (100 iterations from 1e-7 to 10, the
   loss of each batch smoothed with beta 0.98, stop when it passes 4x its best, the first 10% and the
   last 5 points trimmed), then ``valley`` (two thirds of the way down the longest decreasing stretch) and
@@ -38,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lrctl.config import RunConfig, load
+from lrctl.config import RunConfig, load, with_overrides
 from lrctl.engine import Diverged, Trainer
 from lrctl.lrfind import step_at
 from lrctl.schedules import parse
@@ -66,8 +68,9 @@ MORE = [Workload("lesson, after 5@0.01", None, (5, "0.01")),
         Workload("custom-factory, after 10@0.01", "custom-factory.toml", (10, "0.01"))]
 
 
-def _config(workload: Workload) -> RunConfig:
-    return RunConfig() if workload.config is None else load(CONFIGS / workload.config)[0]
+def _config(workload: Workload, seed: int | None = None) -> RunConfig:
+    cfg = RunConfig() if workload.config is None else load(CONFIGS / workload.config)[0]
+    return cfg if seed is None else with_overrides(cfg, [f"model.seed={seed}"])
 
 
 def train_final(trainer: Trainer, state: dict, lr: float, epochs: int = K) -> float:
@@ -165,16 +168,21 @@ def gap(metric: str, value: float, best: float) -> float:
     return (best - value) / best if metric == "accuracy" else (value - best) / best
 
 
-def measure(workload: Workload, say: Callable[[str], None] = lambda _: None, shift: int = 0) -> Row:
+def measure(workload: Workload, say: Callable[[str], None] = lambda _: None, shift: int = 0,
+            seed: int | None = None) -> Row:
     """The grid and every finder on one workload state; ``shift`` > 0 takes the batch orders of epochs
-    that many later (another state as good as the first: how much do the scores owe to one order?)."""
+    that many later (another state as good as the first: how much do the scores owe to one order?);
+    ``seed`` builds the model from another seed (``model.seed``)."""
     from lrctl.lrfind import range_test
 
-    cfg = _config(workload)
+    cfg = _config(workload, seed)
     trainer = Trainer(cfg)
     if workload.before is not None:
         trainer.start_schedule(parse(workload.before[1]), workload.before[0])
         trainer.fit_rec(workload.before[0])
+    # Another batch order: the seeded order is a function of the epoch, the lesson's a stream (skip ahead).
+    for _ in range(shift):
+        trainer.orders.draw(trainer.global_step)
     state = copy.deepcopy(trainer.state_dict())
     state["global_step"] += shift
     trainer.load_state_dict(copy.deepcopy(state))
@@ -205,7 +213,7 @@ def measure(workload: Workload, say: Callable[[str], None] = lambda _: None, shi
     scores = {}
     for name, lr in suggestions.items():
         scores[name] = (lr, gap(cfg.metric, train_final(trainer, state, lr), best) if lr is not None else math.nan)
-    name = workload.name + (f", batch orders +{shift}" if shift else "")
+    name = workload.name + (f", batch orders +{shift}" if shift else "") + (f", model.seed={seed}" if seed else "")
     return Row(name, cfg.metric, start, best_lr, best, scores, found.flat, lrctl_epochs)
 
 
@@ -239,14 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--more", action="store_true", help="also the states the finder was not tuned on")
     parser.add_argument("--orders", type=int, default=1,
                         help="also each state with the batch orders of 1..N-1 epochs later (default 1: as is)")
+    parser.add_argument("--seed", type=int, default=None, help="build every model from this model.seed instead")
     parser.add_argument("--verbose", action="store_true", help="print every grid point")
     args = parser.parse_args(argv)
     say = print if args.verbose else (lambda _: None)  # every grid point, or nothing
-    rows = [measure(w, say, shift) for w in WORKLOADS for shift in range(args.orders)]
+    rows = [measure(w, say, shift, args.seed) for w in WORKLOADS for shift in range(args.orders)]
     print(table(rows))
     print(verdict(rows))
     if args.more:
-        more = [measure(w, say, shift) for w in MORE for shift in range(args.orders)]
+        more = [measure(w, say, shift, args.seed) for w in MORE for shift in range(args.orders)]
         print("\nstates not used to choose the finder's constants:\n" + table(more))
         print(verdict(more))
     return 0
