@@ -54,14 +54,15 @@ def run_main(args: list[str], cwd: Path, stdin: str = "") -> Result:
 
     Everything the app may change for the process is put back afterwards (cwd, standard streams, signal
     handlers, torch's thread count and RNG), and no lrctl thread (loader, control socket) may outlive it."""
-    import torch
-
     from lrctl.cli import main
 
+    # torch's process-wide state, if torch is here already (imported here it would cost seconds that a
+    # test racing a running process, like `lrctl send`, does not have; lrctl imports it only to train).
+    torch = sys.modules.get("torch")
     before = {t.ident for t in threading.enumerate()}
     saved_cwd, saved_streams = os.getcwd(), (sys.stdin, sys.stdout, sys.stderr)
     saved_handlers = {s: signal.getsignal(s) for s in _SIGNALS}
-    saved_threads, saved_rng = torch.get_num_threads(), torch.get_rng_state()
+    saved_torch = (torch.get_num_threads(), torch.get_rng_state()) if torch is not None else None
     saved_columns = os.environ.pop("COLUMNS", None)
     out, err = _Pipe(), _Pipe()
     try:
@@ -79,8 +80,9 @@ def run_main(args: list[str], cwd: Path, stdin: str = "") -> Result:
         os.chdir(saved_cwd)
         for signum, handler in saved_handlers.items():
             signal.signal(signum, handler)
-        torch.set_num_threads(saved_threads)
-        torch.set_rng_state(saved_rng)
+        if saved_torch is not None:
+            torch.set_num_threads(saved_torch[0])
+            torch.set_rng_state(saved_torch[1])
         if saved_columns is not None:
             os.environ["COLUMNS"] = saved_columns
     left = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("lrctl")]

@@ -175,8 +175,7 @@ def test_sigint_to_torchrun_stops_every_rank_after_the_same_epoch(tmp_path):
     process = subprocess.Popen(torchrun(["--run", "s", "--plan", "40@0.01"]), cwd=tmp_path, env=dist_env(),
                                text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     output = read_until(process, "epoch     3")
-    sent = subprocess.run([sys.executable, "-m", "lrctl", "send", "s", "lr", "0.02"], cwd=tmp_path,
-                          env=lrctl_env(), capture_output=True, text=True, timeout=60)
+    sent = run_main(["send", "s", "lr", "0.02"], tmp_path)
     assert sent.returncode == 0, sent.stdout + sent.stderr
     process.send_signal(signal.SIGINT)
     output += process.stdout.readlines()
