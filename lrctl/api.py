@@ -1,15 +1,15 @@
 """lrctl from Python and Jupyter: :class:`Run`, the terminal's run driven by method calls.
 
-::
+A usage sketch (``net`` and the tensors are yours)::
 
-    >>> import lrctl
-    >>> run = lrctl.Run("demo")                  # the lesson workload in ./runs/demo; resumed if it exists
-    >>> run.fit(30, 0.03)                        # one chunk; the lr may be any expression of the prompt
-    >>> run.fit(30, "exp 0.05 gamma=0.95")
-    >>> run.history[-1]                          # {'step': 59, 'lr': ..., 'train': ..., 'test': ...}
-    >>> run.close()                              # or: with lrctl.Run("demo") as run: ...
+    import lrctl
+    run = lrctl.Run("demo")                  # the lesson workload in ./runs/demo; resumed if it exists
+    run.fit(30, 0.03)                        # one chunk; the lr may be any expression of the prompt
+    run.fit(30, "exp 0.05 gamma=0.95")
+    run.history[-1]                          # {'step': 59, 'lr': ..., 'train': ..., 'test': ...}
+    run.close()                              # or: with lrctl.Run("demo") as run: ...
 
-    >>> run = lrctl.Run("mine", model=net, data=(x_train, y_train, x_test, y_test))   # your own objects
+    run = lrctl.Run("mine", model=net, data=(x_train, y_train, x_test, y_test))   # your own objects
 
 Underneath is the command line's :class:`~lrctl.session.RunSession`, so a Run has the same guarantees:
 one global epoch across chunks and sessions, the run directory with its journal and lock, exact resume

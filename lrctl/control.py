@@ -198,6 +198,8 @@ class ControlServer:
         server, self._socket = self._socket, None
         atexit.unregister(self.stop)
         if server is not None:
+            with contextlib.suppress(OSError):  # wakes the accept thread (close alone leaves it blocked on Linux)
+                server.shutdown(socket.SHUT_RDWR)
             server.close()
             with contextlib.suppress(OSError):
                 if self.path.stat().st_ino == self._inode:

@@ -1,10 +1,16 @@
-"""Shared fixtures: a temp working directory for runs, the real CLI as a subprocess, TensorBoard's reader."""
+"""Shared fixtures: a temp working directory for runs, the CLI in-process (``run_main``) and as a real
+subprocess (``run_lrctl``: only where the process boundary is the point), TensorBoard's reader."""
 
 from __future__ import annotations
 
+import io
 import os
+import signal
 import subprocess
 import sys
+import threading
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,6 +30,66 @@ def run_lrctl(args: list[str], cwd: Path, stdin: str = "", timeout: float = 180)
     """The real entry point (``python -m lrctl``) with ``stdin`` piped in."""
     return subprocess.run([sys.executable, "-m", "lrctl", *args], input=stdin, capture_output=True, text=True,
                           cwd=cwd, env=lrctl_env(), timeout=timeout)
+
+
+@dataclass
+class Result:
+    """What ``run_main`` saw, named like ``subprocess.CompletedProcess``."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class _Pipe(io.StringIO):
+    """Captured output that is not a terminal, like a pipe (``isatty()`` is False, no ``fileno()``)."""
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+
+
+def run_main(args: list[str], cwd: Path, stdin: str = "") -> Result:
+    """``lrctl.cli.main(args)`` in this process, as ``run_lrctl`` runs it in a fresh one: in ``cwd``, with
+    ``stdin`` piped in, stdout and stderr captured, an uncaught exception a traceback and exit code 1.
+
+    Everything the app may change for the process is put back afterwards (cwd, standard streams, signal
+    handlers, torch's thread count and RNG), and no lrctl thread (loader, control socket) may outlive it."""
+    from lrctl.cli import main
+
+    # torch's process-wide state, if torch is here already (imported here it would cost seconds that a
+    # test racing a running process, like `lrctl send`, does not have; lrctl imports it only to train).
+    torch = sys.modules.get("torch")
+    before = {t.ident for t in threading.enumerate()}
+    saved_cwd, saved_streams = os.getcwd(), (sys.stdin, sys.stdout, sys.stderr)
+    saved_handlers = {s: signal.getsignal(s) for s in _SIGNALS}
+    saved_torch = (torch.get_num_threads(), torch.get_rng_state()) if torch is not None else None
+    saved_columns = os.environ.pop("COLUMNS", None)
+    out, err = _Pipe(), _Pipe()
+    try:
+        os.chdir(cwd)
+        sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), out, err
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse: --help, bad usage
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except Exception:  # what the interpreter does with an uncaught error
+            traceback.print_exc(file=err)
+            code = 1
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved_streams
+        os.chdir(saved_cwd)
+        for signum, handler in saved_handlers.items():
+            signal.signal(signum, handler)
+        if saved_torch is not None:
+            torch.set_num_threads(saved_torch[0])
+            torch.set_rng_state(saved_torch[1])
+        if saved_columns is not None:
+            os.environ["COLUMNS"] = saved_columns
+    left = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("lrctl")]
+    for thread in left:
+        thread.join(timeout=10)
+    assert not [t.name for t in left if t.is_alive()], "lrctl threads outlived main()"
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 def start_lrctl(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:

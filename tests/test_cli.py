@@ -1,4 +1,5 @@
-"""The real ``lrctl`` entry point driven through a pipe, checked through TensorBoard's own reader."""
+"""The `lrctl` command line through `main(argv)` with a piped stdin (one real process for the closed pipe),
+checked through TensorBoard's own reader."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_checkpoint, read_scalars, run_lrctl
+from tests.conftest import read_checkpoint, read_scalars, run_main
 
 TRANSCRIPT = "y\n30\n0.03\ny\n30\n0.01\nn\n"
 
@@ -16,7 +17,7 @@ TRANSCRIPT = "y\n30\n0.03\ny\n30\n0.01\nn\n"
 @pytest.fixture(scope="module")
 def two_chunk_run(tmp_path_factory) -> tuple[Path, object]:
     cwd = tmp_path_factory.mktemp("cli")
-    result = run_lrctl(["--run", "demo"], cwd, stdin=TRANSCRIPT)
+    result = run_main(["--run", "demo"], cwd, stdin=TRANSCRIPT)
     return cwd, result
 
 
@@ -48,7 +49,7 @@ def test_second_session_resumes_at_step_60(two_chunk_run, tmp_path):
     cwd = tmp_path
     shutil.copytree(two_chunk_run[0] / "runs", cwd / "runs")
     before = read_checkpoint(cwd / "runs" / "demo" / "checkpoint.pt")
-    result = run_lrctl(["--run", "demo"], cwd, stdin="y\n30\n0.01\nn\n")
+    result = run_main(["--run", "demo"], cwd, stdin="y\n30\n0.01\nn\n")
     assert result.returncode == 0, result.stderr
     assert "resumed at epoch 60" in result.stdout
     assert "training epochs 60..89" in result.stdout
@@ -72,7 +73,7 @@ def test_second_session_resumes_at_step_60(two_chunk_run, tmp_path):
 
 def test_bad_answers_are_refused_and_the_run_trains_what_was_finally_asked(workdir):
     answers = "maybe\ny\nten\n0\n-3\n1.5\n2\nabc\n0\n-0.1\nnan\ninf\n1e400\n1_0\n０.１\n0.02\nn\n"
-    result = run_lrctl(["--run", "bad"], workdir, stdin=answers)
+    result = run_main(["--run", "bad"], workdir, stdin=answers)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for message in ("answer y or n, not 'maybe'", "epochs must be a whole number like 30, not 'ten'",
@@ -87,14 +88,14 @@ def test_bad_answers_are_refused_and_the_run_trains_what_was_finally_asked(workd
 
 
 def test_end_of_input_at_any_prompt_saves_and_exits_0(workdir):
-    result = run_lrctl(["--run", "eof"], workdir, stdin="y\n2\n")
+    result = run_main(["--run", "eof"], workdir, stdin="y\n2\n")
     assert result.returncode == 0, result.stderr
     assert "saved run 'eof' at epoch 0" in result.stdout
     assert (workdir / "runs" / "eof" / "checkpoint.pt").exists()
 
 
 def test_plan_runs_without_prompting(workdir):
-    result = run_lrctl(["--run", "p", "--plan", "3@0.03;2@exp 0.05 gamma=0.5"], workdir)
+    result = run_main(["--run", "p", "--plan", "3@0.03;2@exp 0.05 gamma=0.5"], workdir)
     assert result.returncode == 0, result.stderr
     assert "Continue training?" not in result.stdout
     lrs = read_scalars(workdir / "runs" / "p")["lr"]
@@ -102,11 +103,11 @@ def test_plan_runs_without_prompting(workdir):
 
 
 def test_bad_plan_and_bad_run_names_touch_nothing(workdir):
-    result = run_lrctl(["--run", "x", "--plan", "3@0.03;2@exp 0.05 gama=0.5"], workdir)
+    result = run_main(["--run", "x", "--plan", "3@0.03;2@exp 0.05 gama=0.5"], workdir)
     assert result.returncode == 2
     assert "plan chunk 2" in result.stderr and "unknown option 'gama' for exp" in result.stderr
     for name in ("../x", "/etc", "", "a/b", "..", "x y"):
-        result = run_lrctl(["--run", name, "--plan", "1@0.1"], workdir)
+        result = run_main(["--run", name, "--plan", "1@0.1"], workdir)
         assert result.returncode == 1 and "invalid run name" in result.stderr, name
     assert not (workdir / "runs").exists()
 
@@ -128,10 +129,10 @@ def test_closed_output_pipe_ends_quietly_with_the_run_saved(workdir):
 
 
 def test_schedule_command_prints_epoch_lr_lines(workdir):
-    result = run_lrctl(["schedule", "exp 0.05 gamma=0.5", "--epochs", "3"], workdir)
+    result = run_main(["schedule", "exp 0.05 gamma=0.5", "--epochs", "3"], workdir)
     assert result.returncode == 0
     assert result.stdout.split("\n")[:3] == ["0 0.05", "1 0.025", "2 0.0125"]
-    result = run_lrctl(["schedule", "exp 0.05 gama=0.5", "--epochs", "3"], workdir)
+    result = run_main(["schedule", "exp 0.05 gama=0.5", "--epochs", "3"], workdir)
     assert result.returncode == 2 and "unknown option 'gama' for exp (options: gamma)" in result.stderr
 
 

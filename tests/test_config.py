@@ -9,7 +9,7 @@ import tomllib
 
 from lrctl import config
 from lrctl.config import ConfigError, RunConfig
-from tests.conftest import REPO, run_lrctl
+from tests.conftest import REPO, run_main
 
 
 def test_shipped_lesson_config_is_the_default():
@@ -70,25 +70,25 @@ def test_missing_and_invalid_files(tmp_path):
 
 def test_config_error_exits_before_any_run_directory_exists(workdir):
     (workdir / "bad.toml").write_text("[model]\nhiden = [3]\n")
-    result = run_lrctl(["--run", "x", "--config", "bad.toml", "--plan", "1@0.1"], workdir)
+    result = run_main(["--run", "x", "--config", "bad.toml", "--plan", "1@0.1"], workdir)
     assert result.returncode == 1
     assert "model.hiden: unknown key (did you mean 'hidden'?)" in result.stderr
     assert not (workdir / "runs").exists()
 
 
 def test_a_run_refuses_a_different_config_with_a_diff_unless_forced(workdir):
-    assert run_lrctl(["--run", "c", "--plan", "1@0.1"], workdir).returncode == 0
-    result = run_lrctl(["--run", "c", "--set", "train.batch_size=25", "--plan", "1@0.1"], workdir)
+    assert run_main(["--run", "c", "--plan", "1@0.1"], workdir).returncode == 0
+    result = run_main(["--run", "c", "--set", "train.batch_size=25", "--plan", "1@0.1"], workdir)
     assert result.returncode == 1
     assert "train.batch_size: 50 (run) -> 25 (given)" in result.stderr
-    result = run_lrctl(["--run", "c", "--set", "train.batch_size=25", "--force-config", "--plan", "1@0.1"], workdir)
+    result = run_main(["--run", "c", "--set", "train.batch_size=25", "--force-config", "--plan", "1@0.1"], workdir)
     assert result.returncode == 0, result.stderr
     assert "batch_size = 25" in (workdir / "runs" / "c" / "config.toml").read_text()
     assert '"config_changed"' in (workdir / "runs" / "c" / "journal.jsonl").read_text()
 
 
 def test_classification_config_logs_accuracy(workdir):
-    result = run_lrctl(["--run", "cla", "--config", str(REPO / "configs" / "lesson-classification.toml"),
+    result = run_main(["--run", "cla", "--config", str(REPO / "configs" / "lesson-classification.toml"),
                         "--plan", "3@0.1"], workdir)
     assert result.returncode == 0, result.stderr
     from tests.conftest import read_scalars

@@ -19,7 +19,7 @@ from tests.conftest import (
     lrctl_env,
     read_checkpoint,
     read_scalars,
-    run_lrctl,
+    run_main,
     spawn_tty,
     start_lrctl,
 )
@@ -65,9 +65,9 @@ def test_send_steers_a_running_plan_and_garbage_harms_nothing(workdir):
     proc = start_lrctl(["--run", "s", "--plan", "100000@0.01"], workdir)
     _wait_for_epoch(proc, 3)
     run = workdir / "runs" / "s"
-    status = json.loads(run_lrctl(["send", "s", "status"], workdir).stdout)
+    status = json.loads(run_main(["send", "s", "status"], workdir).stdout)
     assert status["ok"] and status["running"] and status["global_step"] >= 4
-    changed = run_lrctl(["send", "s", "lr", "0.002"], workdir)
+    changed = run_main(["send", "s", "lr", "0.002"], workdir)
     assert changed.returncode == 0, changed.stdout
     reply = json.loads(changed.stdout)
     assert reply["lr"] == 0.002 and reply["mode"] == "set"
@@ -76,11 +76,11 @@ def test_send_steers_a_running_plan_and_garbage_harms_nothing(workdir):
         client.sendall(b"{not json\n")
         assert json.loads(client.recv(4096))["ok"] is False
         client.sendall(b'{"cmd": "lr", "val')
-    bad = run_lrctl(["send", "s", "lr", "-1"], workdir)
+    bad = run_main(["send", "s", "lr", "-1"], workdir)
     assert bad.returncode == 1 and "must be > 0" in bad.stdout
-    later = json.loads(run_lrctl(["send", "s", "status"], workdir).stdout)
+    later = json.loads(run_main(["send", "s", "status"], workdir).stdout)
     assert later["running"] and later["lr"] == 0.002 and later["global_step"] >= reply["global_step"]
-    stop = json.loads(run_lrctl(["send", "s", "stop"], workdir).stdout)
+    stop = json.loads(run_main(["send", "s", "stop"], workdir).stdout)
     proc.wait(timeout=120)
     assert stop["ok"] and proc.returncode == 130
     lrs = read_scalars(run)["lr"]
@@ -97,9 +97,9 @@ def test_socket_is_owner_only_and_commands_need_a_running_chunk(workdir):
     assert proc.stdout.readline().startswith("run 'idle' (new)")
     sock = workdir / "runs" / "idle" / "control.sock"
     assert sock.stat().st_mode & 0o777 == 0o600
-    reply = json.loads(run_lrctl(["send", "idle", "lr", "0.1"], workdir).stdout)
+    reply = json.loads(run_main(["send", "idle", "lr", "0.1"], workdir).stdout)
     assert reply["ok"] is False and "no chunk is running" in reply["error"]
-    assert json.loads(run_lrctl(["send", "idle", "status"], workdir).stdout)["running"] is False
+    assert json.loads(run_main(["send", "idle", "status"], workdir).stdout)["running"] is False
     proc.communicate("n\n", timeout=120)
     assert not sock.exists()
 
@@ -108,15 +108,15 @@ def test_socket_is_owner_only_and_commands_need_a_running_chunk(workdir):
 def test_kill_after_a_mid_chunk_change_then_resume_is_identical_to_the_replay(workdir):
     proc = start_lrctl(["--run", "k", "--plan", "40@exp 0.05 gamma=0.97", "--save-every", "0.05"], workdir)
     _wait_for_epoch(proc, 5)
-    reply = json.loads(run_lrctl(["send", "k", "lr", "0.02", "scale"], workdir).stdout)
+    reply = json.loads(run_main(["send", "k", "lr", "0.02", "scale"], workdir).stdout)
     assert reply["ok"] and reply["mode"] == "scale"
     _wait_for_epoch(proc, reply["global_step"] + 3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     run = workdir / "runs" / "k"
     assert read_checkpoint(run / "checkpoint.pt")["global_step"] < 40
-    assert run_lrctl(["resume", "k"], workdir).returncode == 0
-    result = run_lrctl(["replay", "k", "--to", "k2"], workdir)
+    assert run_main(["resume", "k"], workdir).returncode == 0
+    result = run_main(["replay", "k", "--to", "k2"], workdir)
     assert result.returncode == 0, result.stderr
     a, b = (read_checkpoint(workdir / "runs" / n / "checkpoint.pt") for n in ("k", "k2"))
     assert a["global_step"] == 40

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lrctl.data import shard, shard_range
-from tests.conftest import answer_chunk, lrctl_env, read_checkpoint, read_scalars, run_lrctl
+from tests.conftest import answer_chunk, lrctl_env, read_checkpoint, read_scalars, run_main
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find a worker")
 
@@ -127,7 +127,7 @@ def test_run_trained_on_two_processes_resumes_on_one_and_back(two_chunks, tmp_pa
     assert result.returncode == 0
     shutil.copytree(cwd / "runs", tmp_path / "runs")
     run = tmp_path / "runs" / "r"
-    one = run_lrctl(["--run", "r", "--plan", "2@0.01"], tmp_path)
+    one = run_main(["--run", "r", "--plan", "2@0.01"], tmp_path)
     assert one.returncode == 0, one.stdout + one.stderr
     assert "epoch     5" in one.stdout
     assert read_checkpoint(run / "checkpoint.pt")["global_step"] == 7
@@ -175,8 +175,7 @@ def test_sigint_to_torchrun_stops_every_rank_after_the_same_epoch(tmp_path):
     process = subprocess.Popen(torchrun(["--run", "s", "--plan", "40@0.01"]), cwd=tmp_path, env=dist_env(),
                                text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     output = read_until(process, "epoch     3")
-    sent = subprocess.run([sys.executable, "-m", "lrctl", "send", "s", "lr", "0.02"], cwd=tmp_path,
-                          env=lrctl_env(), capture_output=True, text=True, timeout=60)
+    sent = run_main(["send", "s", "lr", "0.02"], tmp_path)
     assert sent.returncode == 0, sent.stdout + sent.stderr
     process.send_signal(signal.SIGINT)
     output += process.stdout.readlines()
@@ -190,7 +189,7 @@ def test_sigint_to_torchrun_stops_every_rank_after_the_same_epoch(tmp_path):
     assert replicas["step"] == stopped and replicas["weights"][0] == replicas["weights"][1]
     [change] = journal(run, "control")
     assert change["value"] == "0.02"  # applied on both ranks at one batch (equal weights say so)
-    resumed = run_lrctl(["resume", "s"], tmp_path, stdin="n\n")
+    resumed = run_main(["resume", "s"], tmp_path, stdin="n\n")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert steps(run, "train_mse") == list(range(40))
     lrs = dict(read_scalars(run)["lr"])
@@ -356,7 +355,7 @@ def test_a_plan_on_two_nodes_logs_whole_set_metrics_and_resumes_on_one_process(t
     assert logged["train_mse"][-1][1] == pytest.approx(train, rel=1e-5)
     assert logged["test_mse"][-1][1] == pytest.approx(test, rel=1e-5)
     shutil.copytree(main / "runs", tmp_path / "runs")  # the next test compares with the 2-node checkpoint
-    one = run_lrctl(["--run", "mn", "--plan", "2@0.01"], tmp_path)
+    one = run_main(["--run", "mn", "--plan", "2@0.01"], tmp_path)
     assert one.returncode == 0, one.stdout + one.stderr
     assert steps(tmp_path / "runs" / "mn", "train_mse") == list(range(7))
 

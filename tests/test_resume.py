@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tests.conftest import assert_states_equal, read_checkpoint, read_scalars, run_lrctl, start_lrctl
+from tests.conftest import assert_states_equal, read_checkpoint, read_scalars, run_main, start_lrctl
 
 PLAN = "25@0.03;20@cyclic 0.001 0.03 period=3;15@exp 0.05 gamma=0.9"
 TOTAL = 60
@@ -17,7 +17,7 @@ TOTAL = 60
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("ref")
-    result = run_lrctl(["--run", "ref", "--plan", PLAN], cwd)
+    result = run_main(["--run", "ref", "--plan", PLAN], cwd)
     assert result.returncode == 0, result.stderr
     run = cwd / "runs" / "ref"
     return read_checkpoint(run / "checkpoint.pt"), read_scalars(run), read_scalars(run / "batch")
@@ -59,7 +59,7 @@ def test_kill_9_mid_chunk_then_resume_is_bit_identical(workdir, reference):
     killed_at = read_checkpoint(run / "checkpoint.pt")["global_step"]
     assert 25 <= killed_at < TOTAL  # the kill landed inside the plan, after the first chunk
     assert pending["chunks"][-1]["start"] + pending["chunks"][-1]["epochs"] == TOTAL
-    result = run_lrctl(["resume", "r"], workdir)
+    result = run_main(["resume", "r"], workdir)
     assert result.returncode == 0, result.stderr
     assert "finishing the interrupted work" in result.stdout
     _assert_identical(workdir, reference)
@@ -73,14 +73,14 @@ def test_sigint_during_plan_saves_exits_130_and_resume_is_bit_identical(workdir,
     assert "lrctl resume r" in out
     stopped_at = read_checkpoint(workdir / "runs" / "r" / "checkpoint.pt")["global_step"]
     assert 30 < stopped_at < TOTAL
-    result = run_lrctl(["resume", "r"], workdir)
+    result = run_main(["resume", "r"], workdir)
     assert result.returncode == 0, result.stderr
     _assert_identical(workdir, reference)
 
 
 def test_kill_before_any_checkpoint_leaves_a_resumable_run(workdir):
     """The command is durable before its first epoch: a run with only config + pending resumes."""
-    result = run_lrctl(["--run", "r", "--plan", "3@0.03"], workdir)
+    result = run_main(["--run", "r", "--plan", "3@0.03"], workdir)
     assert result.returncode == 0
     reference = read_checkpoint(workdir / "runs" / "r" / "checkpoint.pt")
     run = workdir / "runs" / "r"
@@ -88,23 +88,23 @@ def test_kill_before_any_checkpoint_leaves_a_resumable_run(workdir):
         (run / name).unlink()
     (run / "pending.json").write_text(json.dumps({"chunks": [{"start": 0, "epochs": 3, "expr": "0.03"}],
                                                   "source": "plan"}))
-    result = run_lrctl(["resume", "r"], workdir)
+    result = run_main(["resume", "r"], workdir)
     assert result.returncode == 0, result.stderr
     assert_states_equal(read_checkpoint(run / "checkpoint.pt"), reference)
     assert [s for s, _ in read_scalars(run)["lr"]] == [0, 1, 2]
 
 
 def test_repl_asks_to_finish_interrupted_work(workdir):
-    run_lrctl(["--run", "r", "--plan", "3@0.03"], workdir)
+    run_main(["--run", "r", "--plan", "3@0.03"], workdir)
     run = workdir / "runs" / "r"
     (run / "pending.json").write_text(json.dumps({"chunks": [{"start": 3, "epochs": 4, "expr": "0.01"}],
                                                   "source": "repl"}))
-    result = run_lrctl(["--run", "r"], workdir, stdin="y\nn\n")
+    result = run_main(["--run", "r"], workdir, stdin="y\nn\n")
     assert "Finish the interrupted chunk (4 epochs left)? [y/n] y" in result.stdout
     assert read_checkpoint(run / "checkpoint.pt")["global_step"] == 7
     (run / "pending.json").write_text(json.dumps({"chunks": [{"start": 7, "epochs": 4, "expr": "0.01"}],
                                                   "source": "repl"}))
-    result = run_lrctl(["--run", "r"], workdir, stdin="n\nn\n")
+    result = run_main(["--run", "r"], workdir, stdin="n\nn\n")
     assert read_checkpoint(run / "checkpoint.pt")["global_step"] == 7
     assert not (run / "pending.json").exists()
     assert any(e["event"] == "pending_dropped" for e in map(json.loads, (run / "journal.jsonl").open()))

@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from lrctl.runstore import RunError, RunLocked, RunStore, check_run_name
-from tests.conftest import read_checkpoint, run_lrctl, start_lrctl
+from tests.conftest import read_checkpoint, run_main, start_lrctl
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc", "", ".", "..", "a/b", "x y", "é", "a" * 101])
@@ -109,7 +109,7 @@ def test_failed_write_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch):
 
 def test_unwritable_runs_dir_is_a_clear_error(workdir):
     (workdir / "runs").write_text("a file, not a directory")
-    result = run_lrctl(["--run", "r", "--plan", "1@0.1"], workdir)
+    result = run_main(["--run", "r", "--plan", "1@0.1"], workdir)
     assert result.returncode == 1
     assert "cannot create run directory" in result.stderr and "Traceback" not in result.stderr
 
@@ -117,7 +117,7 @@ def test_unwritable_runs_dir_is_a_clear_error(workdir):
 def test_second_writer_is_refused_while_the_first_runs_unharmed(workdir):
     first = start_lrctl(["--run", "busy"], workdir, stdin=__import__("subprocess").PIPE)
     assert first.stdout.readline().startswith("run 'busy' (new)")
-    second = run_lrctl(["--run", "busy", "--plan", "1@0.1"], workdir)
+    second = run_main(["--run", "busy", "--plan", "1@0.1"], workdir)
     assert second.returncode == 1
     assert f"run 'busy' is in use by pid {first.pid}" in second.stderr
     out, _ = first.communicate("y\n2\n0.01\nn\n", timeout=120)
@@ -132,7 +132,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(workdir):
     assert proc.stdout.readline().startswith("run 'stale' (new)")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    result = run_lrctl(["--run", "stale", "--plan", "1@0.1"], workdir)
+    result = run_main(["--run", "stale", "--plan", "1@0.1"], workdir)
     assert result.returncode == 0, result.stderr
     assert f"took over the run from pid {proc.pid}" in result.stdout
 
@@ -150,14 +150,14 @@ def test_lock_is_held_in_process(tmp_path):
 
 
 def test_runs_table_shows_states(workdir):
-    run_lrctl(["--run", "ok", "--plan", "2@0.03"], workdir)
-    run_lrctl(["--run", "bad", "--plan", "2@0.03"], workdir)
-    run_lrctl(["--run", "halfway", "--plan", "2@0.03"], workdir)
+    run_main(["--run", "ok", "--plan", "2@0.03"], workdir)
+    run_main(["--run", "bad", "--plan", "2@0.03"], workdir)
+    run_main(["--run", "halfway", "--plan", "2@0.03"], workdir)
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         (workdir / "runs" / "bad" / name).write_bytes(b"junk")
     (workdir / "runs" / "halfway" / "pending.json").write_text(
         json.dumps({"chunks": [{"start": 2, "epochs": 5, "expr": "0.01"}], "source": "plan"}))
-    result = run_lrctl(["runs"], workdir)
+    result = run_main(["runs"], workdir)
     assert result.returncode == 0
     lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
     assert lines["ok"].split()[1] == "2" and lines["ok"].rstrip().endswith("ok")

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import REPO, read_checkpoint, read_scalars, run_lrctl
+from tests.conftest import REPO, read_checkpoint, read_scalars, run_main
 
 SHIPPED = {"lesson.toml": "mse", "lesson-classification.toml": "accuracy", "custom-factory.toml": "mse",
            "diabetes.toml": "mse"}
@@ -16,7 +16,7 @@ SHIPPED = {"lesson.toml": "mse", "lesson-classification.toml": "accuracy", "cust
 def test_each_shipped_config_trains_3_epochs_and_logs_its_tags(workdir, name, metric):
     if name == "diabetes.toml":
         pytest.importorskip("sklearn")
-    result = run_lrctl(["--run", "x", "--config", str(REPO / "configs" / name), "--plan", "3@0.01"], workdir)
+    result = run_main(["--run", "x", "--config", str(REPO / "configs" / name), "--plan", "3@0.01"], workdir)
     assert result.returncode == 0, result.stderr
     scalars = read_scalars(workdir / "runs" / "x")
     assert {f"train_{metric}", f"test_{metric}", "lr"} == set(scalars)
@@ -39,7 +39,7 @@ def test_csv_round_trip_trains_and_its_metric_falls(workdir):
     _write_csv(workdir / "data.csv")
     (workdir / "csv.toml").write_text('[data]\nsource = "csv"\npath = "data.csv"\ntarget = "target"\n'
                                       '[model]\nbatch_norm = "none"\n')
-    result = run_lrctl(["--run", "csv", "--config", "csv.toml", "--plan", "20@0.05"], workdir)
+    result = run_main(["--run", "csv", "--config", "csv.toml", "--plan", "20@0.05"], workdir)
     assert result.returncode == 0, result.stderr
     mse = [v for _, v in read_scalars(workdir / "runs" / "csv")["test_mse"]]
     assert mse[-1] < 0.5 * mse[0]
@@ -62,7 +62,7 @@ def test_csv_classification_with_text_labels(workdir):
     _write_csv(workdir / "cls.csv", classification=True)
     (workdir / "cls.toml").write_text('[data]\nsource = "csv"\npath = "cls.csv"\ntarget = "label"\n'
                                       'task = "classification"\n')
-    result = run_lrctl(["--run", "cls", "--config", "cls.toml", "--plan", "15@0.1"], workdir)
+    result = run_main(["--run", "cls", "--config", "cls.toml", "--plan", "15@0.1"], workdir)
     assert result.returncode == 0, result.stderr
     accuracy = [v for _, v in read_scalars(workdir / "runs" / "cls")["test_accuracy"]]
     assert accuracy[-1] > 0.8
@@ -121,7 +121,7 @@ def _factory_config(workdir, data="data", model="model", kind="factory"):
 
 
 def test_factory_model_and_factory_data_from_a_module_in_a_temp_dir(workdir):
-    result = run_lrctl(["--run", "f", *_factory_config(workdir), "--plan", "10@0.05"], workdir)
+    result = run_main(["--run", "f", *_factory_config(workdir), "--plan", "10@0.05"], workdir)
     assert result.returncode == 0, result.stderr
     mse = [v for _, v in read_scalars(workdir / "runs" / "f")["train_mse"]]
     assert mse[-1] < mse[0]
@@ -131,9 +131,9 @@ def test_factory_model_and_factory_data_from_a_module_in_a_temp_dir(workdir):
 
 def test_a_dataset_factory_goes_through_a_dataloader_and_resumes_exactly(workdir):
     args = ["--run", "d", *_factory_config(workdir, data="dataset_data")]
-    assert run_lrctl([*args, "--plan", "4@0.1"], workdir).returncode == 0
-    assert run_lrctl(["--run", "d", "--plan", "3@keep"], workdir).returncode == 0
-    assert run_lrctl(["--run", "e", *_factory_config(workdir, data="dataset_data"), "--plan", "4@0.1;3@keep"],
+    assert run_main([*args, "--plan", "4@0.1"], workdir).returncode == 0
+    assert run_main(["--run", "d", "--plan", "3@keep"], workdir).returncode == 0
+    assert run_main(["--run", "e", *_factory_config(workdir, data="dataset_data"), "--plan", "4@0.1;3@keep"],
                      workdir).returncode == 0
     a, b = (read_checkpoint(workdir / "runs" / n / "checkpoint.pt") for n in ("d", "e"))
     import torch
@@ -160,7 +160,7 @@ def test_config_mistakes_are_explained_before_anything_is_created(workdir, confi
     (workdir / "mine.py").write_text(FACTORY)
     _write_csv(workdir / "data.csv")
     (workdir / "bad.toml").write_text(config)
-    result = run_lrctl(["--run", "x", "--config", "bad.toml", "--plan", "1@0.1"], workdir)
+    result = run_main(["--run", "x", "--config", "bad.toml", "--plan", "1@0.1"], workdir)
     assert result.returncode == 1
     assert message in result.stderr, result.stderr
     assert "bad.toml" in result.stderr or "factory" in result.stderr or "data." in result.stderr
@@ -169,7 +169,7 @@ def test_config_mistakes_are_explained_before_anything_is_created(workdir, confi
 
 
 def test_set_overrides_a_new_run_and_is_frozen(workdir):
-    result = run_lrctl(["--run", "s", "--set", "model.hidden=[6]", "--set", "train.optimizer=adam",
+    result = run_main(["--run", "s", "--set", "model.hidden=[6]", "--set", "train.optimizer=adam",
                         "--plan", "2@0.01"], workdir)
     assert result.returncode == 0, result.stderr
     frozen = (workdir / "runs" / "s" / "config.toml").read_text()
@@ -194,8 +194,8 @@ def test_checkpoint_every_n_epochs(tmp_path):
 
 
 def test_a_cpu_checkpoint_resumes_with_device_auto(workdir):
-    assert run_lrctl(["--run", "dev", "--set", "train.device=cpu", "--plan", "2@0.01"], workdir).returncode == 0
-    result = run_lrctl(["--run", "dev", "--set", "train.device=auto", "--plan", "2@0.01"], workdir)
+    assert run_main(["--run", "dev", "--set", "train.device=cpu", "--plan", "2@0.01"], workdir).returncode == 0
+    result = run_main(["--run", "dev", "--set", "train.device=auto", "--plan", "2@0.01"], workdir)
     assert result.returncode == 0, result.stderr
     state = read_checkpoint(workdir / "runs" / "dev" / "checkpoint.pt")
     assert state["global_step"] == 4

@@ -14,7 +14,7 @@ import pytest
 
 from lrctl.config import RunConfig
 from lrctl.session import RunSession
-from tests.conftest import read_checkpoint, read_scalars, run_lrctl, start_lrctl
+from tests.conftest import read_checkpoint, read_scalars, run_main, start_lrctl
 
 
 def _digest(directory) -> dict[str, str]:
@@ -23,9 +23,9 @@ def _digest(directory) -> dict[str, str]:
 
 
 def test_find_lr_leaves_the_run_unchanged_and_suggests_a_sane_lr(workdir):
-    assert run_lrctl(["--run", "f", "--plan", "1@0.0001"], workdir).returncode == 0
+    assert run_main(["--run", "f", "--plan", "1@0.0001"], workdir).returncode == 0
     before = _digest(workdir / "runs" / "f")
-    result = run_lrctl(["find-lr", "--run", "f"], workdir)
+    result = run_main(["find-lr", "--run", "f"], workdir)
     assert result.returncode == 0, result.stderr
     assert _digest(workdir / "runs" / "f") == before  # checkpoint, optimizer, step, TensorBoard: byte for byte
     line = next(x for x in result.stdout.splitlines() if x.startswith("suggested lr:"))
@@ -35,7 +35,7 @@ def test_find_lr_leaves_the_run_unchanged_and_suggests_a_sane_lr(workdir):
 
 
 def test_find_at_the_prompt_makes_the_suggestion_the_default(workdir):
-    result = run_lrctl(["--run", "p"], workdir, stdin="y\n2\nfind\n\nn\n")
+    result = run_main(["--run", "p"], workdir, stdin="y\n2\nfind\n\nn\n")
     assert result.returncode == 0, result.stderr
     suggestion = float(next(x for x in result.stdout.splitlines() if x.startswith("suggested lr:")).split()[2])
     lrs = [v for _, v in read_scalars(workdir / "runs" / "p")["lr"]]
@@ -76,19 +76,19 @@ def test_fork_shares_history_up_to_the_fork_and_differs_after(tmp_path):
 
 
 def test_fork_at_a_kept_epoch_from_the_command_line(workdir):
-    assert run_lrctl(["--run", "src", "--plan", "3@0.03;4@0.01"], workdir).returncode == 0
-    result = run_lrctl(["fork", "src", "new", "--at", "3"], workdir)
+    assert run_main(["--run", "src", "--plan", "3@0.03;4@0.01"], workdir).returncode == 0
+    result = run_main(["fork", "src", "new", "--at", "3"], workdir)
     assert result.returncode == 0, result.stderr
     assert read_checkpoint(workdir / "runs" / "new" / "checkpoint.pt")["global_step"] == 3
     assert [s for s, _ in read_scalars(workdir / "runs" / "new")["lr"]] == [0, 1, 2]
-    assert run_lrctl(["fork", "src", "other", "--at", "5"], workdir).returncode == 1
-    result = run_lrctl(["--run", "new", "--plan", "2@0.05"], workdir)
+    assert run_main(["fork", "src", "other", "--at", "5"], workdir).returncode == 1
+    result = run_main(["--run", "new", "--plan", "2@0.05"], workdir)
     assert [round(v, 4) for _, v in read_scalars(workdir / "runs" / "new")["lr"]] == [0.03] * 3 + [0.05] * 2
 
 
 def test_plot_png_and_a_terminal_chart_without_a_tty(workdir):
-    assert run_lrctl(["--run", "g", "--plan", "4@0.03;4@0.01"], workdir).returncode == 0
-    result = run_lrctl(["plot", "g", "--png", "g.png"], workdir)
+    assert run_main(["--run", "g", "--plan", "4@0.03;4@0.01"], workdir).returncode == 0
+    result = run_main(["plot", "g", "--png", "g.png"], workdir)
     assert result.returncode == 0, result.stderr
     png = (workdir / "g.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -100,8 +100,8 @@ def test_plot_png_and_a_terminal_chart_without_a_tty(workdir):
 
 
 def test_export_csv_and_model(workdir):
-    assert run_lrctl(["--run", "e", "--plan", "3@0.03"], workdir).returncode == 0
-    assert run_lrctl(["export", "e", "--csv", "e.csv", "--model", "e.pt"], workdir).returncode == 0
+    assert run_main(["--run", "e", "--plan", "3@0.03"], workdir).returncode == 0
+    assert run_main(["export", "e", "--csv", "e.csv", "--model", "e.pt"], workdir).returncode == 0
     lines = (workdir / "e.csv").read_text().splitlines()
     assert lines[0] == "epoch,lr,train_mse,test_mse" and len(lines) == 4
     import torch
@@ -112,7 +112,7 @@ def test_export_csv_and_model(workdir):
 
 
 def test_compare_two_seeds_same_start_per_seed_and_table_matches_tensorboard(workdir):
-    result = run_lrctl(["compare", "--plans", "4@0.03", "2@0.03;2@0.01", "--seeds", "24,25", "--name", "cmp"],
+    result = run_main(["compare", "--plans", "4@0.03", "2@0.03;2@0.01", "--seeds", "24,25", "--name", "cmp"],
                        workdir)
     assert result.returncode == 0, result.stderr
     group = workdir / "runs" / "cmp"
@@ -136,7 +136,7 @@ def test_compare_two_seeds_same_start_per_seed_and_table_matches_tensorboard(wor
 
 
 def test_a_real_tensorboard_serves_the_scalars_and_stops(workdir):
-    assert run_lrctl(["--run", "web", "--plan", "5@0.03"], workdir).returncode == 0
+    assert run_main(["--run", "web", "--plan", "5@0.03"], workdir).returncode == 0
     from lrctl.tb import TensorBoard
 
     board = TensorBoard(workdir / "runs")
