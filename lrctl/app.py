@@ -193,6 +193,13 @@ def _open(args: argparse.Namespace, group):
 
         prebuilt = Trainer(cfg)
     plan = parse_plan(args.plan) if getattr(args, "plan", None) is not None else None
+    if plan is not None and not store.exists:
+        # A new run's plan is recorded with it and trained as its pending work: a chunk it cannot run
+        # (keep with no schedule, a warm-up as long as its chunk) would leave a run no resume can finish.
+        try:
+            check_plan(plan, has_schedule=False)
+        except ValueError as e:
+            raise RunError(f"--plan: {e}") from None
     session = RunSession.open(args.runs_dir, run_name, cfg, force_config=getattr(args, "force_config", False),
                               save_every=save_every, observer=View(), config_origin=origin,
                               keep=args.keep_checkpoints, group=group, plan=plan)

@@ -212,3 +212,18 @@ def test_opening_a_run_does_not_import_torch(tmp_path):
             "s.store.close()\nprint('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("plan, message", [
+    ("2@keep", "nothing to keep yet"),
+    ("2@warmup=2 cos 0.03", "leaves none of the chunk's 2 epochs"),
+    ("3@0.03;2@warmup=2 cos 0.03", "leaves none of the chunk's 2 epochs"),
+])
+def test_a_new_runs_plan_it_cannot_train_is_refused_before_the_run_exists(tmp_path, capsys, plan, message):
+    from lrctl.cli import main
+
+    code = main(["--run", "p", "--runs-dir", str(tmp_path / "runs"), "--plan", plan])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("lrctl: --plan: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "p").exists()  # no run left with work that no resume could finish
