@@ -378,6 +378,11 @@ def _run_repl(holder: list, loader: _Loader, view, finish: bool, tb_url: str | N
     if loader.thread.is_alive():  # Ctrl-C or Ctrl-D at once: the run is saved when torch has loaded
         view.say(f"saving run '{repl.session.store.name}' once PyTorch has finished loading (a few seconds)…")
     loader.wait()
+    # What loading found (e.g. a missing pending.json, rebuilt from the journal) is said before a chunk;
+    # a user who quit at the first question has not seen it yet.
+    for warning in repl.session.load_warnings:
+        view.warn(warning)
+    repl.session.load_warnings.clear()
     return EXIT_OK, reason
 
 
