@@ -252,3 +252,10 @@ def test_what_loading_found_is_said_when_the_user_quits_at_the_first_question(tm
     out = capsys.readouterr().out
     assert "pending.json is missing" in out and "3@0.01 from epoch 3" in out
     assert json.loads((runs / "r" / PENDING_FILE).read_text())["chunks"][0]["start"] == 3  # kept for resume
+
+
+def test_schedule_command_refuses_a_warm_up_as_long_as_its_epochs(capsys):
+    from lrctl.cli import main
+
+    assert main(["schedule", "warmup=5 cos 0.03", "--epochs", "5"]) == 2  # was a traceback
+    assert capsys.readouterr().err == "lrctl: warmup=5 leaves none of the chunk's 5 epochs for cos\n"
