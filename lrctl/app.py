@@ -193,6 +193,13 @@ def _open(args: argparse.Namespace, group):
 
         prebuilt = Trainer(cfg)
     plan = parse_plan(args.plan) if getattr(args, "plan", None) is not None else None
+    if plan is not None and not store.exists:
+        # A new run's plan is recorded with it and trained as its pending work: a chunk it cannot run
+        # (keep with no schedule, a warm-up as long as its chunk) would leave a run no resume can finish.
+        try:
+            check_plan(plan, has_schedule=False)
+        except ValueError as e:
+            raise RunError(f"--plan: {e}") from None
     session = RunSession.open(args.runs_dir, run_name, cfg, force_config=getattr(args, "force_config", False),
                               save_every=save_every, observer=View(), config_origin=origin,
                               keep=args.keep_checkpoints, group=group, plan=plan)
@@ -371,6 +378,11 @@ def _run_repl(holder: list, loader: _Loader, view, finish: bool, tb_url: str | N
     if loader.thread.is_alive():  # Ctrl-C or Ctrl-D at once: the run is saved when torch has loaded
         view.say(f"saving run '{repl.session.store.name}' once PyTorch has finished loading (a few seconds)…")
     loader.wait()
+    # What loading found (e.g. a missing pending.json, rebuilt from the journal) is said before a chunk;
+    # a user who quit at the first question has not seen it yet.
+    for warning in repl.session.load_warnings:
+        view.warn(warning)
+    repl.session.load_warnings.clear()
     return EXIT_OK, reason
 
 

@@ -113,6 +113,7 @@ class ChunkRun:
         session.live.begin(chunk, trainer.global_step * trainer.batches_per_epoch + trainer.batch_in_epoch)
         session.observer.chunk_started(trainer.global_step, todo, label, trainer.batches_per_epoch)
         try:
+            session.in_epochs = True  # a second Ctrl-C abandons an epoch only while epochs run
             trainer.fit_rec(todo, on_epoch_end=self._epoch_done, on_batch_end=self._batch_boundary,
                             should_stop=lambda: session.ranks.any_stop(stop.stop_after_epoch, trainer))
         except KeyboardInterrupt:
@@ -120,6 +121,7 @@ class ChunkRun:
         except Diverged as e:
             return self._ended(self._diverged(e))
         finally:
+            session.in_epochs = False
             session.live.end()
         session.keep_here()
         session.ranks.after_chunk(store, trainer)

@@ -33,7 +33,7 @@ from lrctl import config as config_mod
 from lrctl.exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from lrctl.plan import parse_plan
 from lrctl.runstore import RunError, RunStore
-from lrctl.schedules import ScheduleError, help_text
+from lrctl.schedules import ScheduleError, check_chunk, help_text
 from lrctl.schedules import parse as parse_schedule
 
 DEFAULT_CONFIG = config_mod.DEFAULT_CONFIG
@@ -191,6 +191,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             raise ScheduleError("keep continues a run's schedule; give a schedule to print")
         if args.epochs < 1 or args.batches_per_epoch < 1:
             raise ScheduleError("--epochs and --batches-per-epoch must be at least 1")
+        check_chunk(spec, args.epochs)  # a warm-up as long as --epochs: said here, not as a traceback
     except ScheduleError as e:
         print(f"lrctl: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrctl._numbers import parse_float, parse_int
-from lrctl.schedules import ALIASES, FAMILIES, ScheduleError, help_text
+from lrctl.schedules import ALIASES, FAMILIES, ScheduleError, check_chunk, help_text
 from lrctl.schedules import parse as parse_schedule
 
 MAX_EPOCHS = 1_000_000
@@ -202,6 +202,10 @@ def _preview(text: str) -> Command:
         return Invalid("preview shows a new schedule; keep continues the current one")
     if not 1 <= epochs <= 10_000:
         return Invalid("preview epochs must be between 1 and 10000")
+    try:
+        check_chunk(spec, epochs)  # a warm-up as long as the preview: refused like the chunk it shows
+    except ScheduleError as e:
+        return Invalid(str(e))
     return Preview(spec.text, epochs)
 
 

@@ -150,6 +150,8 @@ class ChunkInterrupts:
             session.stop.request("abandon")
             self.view.warn("abandoning this epoch on every rank at the next batch")
             return
+        if not session.in_epochs:  # the chunk is starting or ending: no epoch to abandon, nothing to tear
+            return
         if session.in_critical:  # never tear a checkpoint write; abandon right after it
             session.abort_after_critical = True
             return

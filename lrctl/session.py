@@ -85,6 +85,7 @@ class RunSession:
         self.saved_this_session = False
         self.in_critical = False  # a checkpoint is being written: a Ctrl-C waits for its end
         self.abort_after_critical = False
+        self.in_epochs = False  # ChunkRun is inside fit_rec: there is an epoch a second Ctrl-C can abandon
         self.load_warnings: list[str] = []
         self.busy = False  # a command is running: a signal is answered at its next batch boundary
         self.plan_recorded = False  # open() recorded the --plan with the new run: finish_pending() runs it

@@ -63,11 +63,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from lrctl.compare import LESSON_PLANS, chart, run_all, summarize
     from lrctl.config import load_config
-    from lrctl.plan import parse_plan
+    from lrctl.plan import check_plan, parse_plan
 
     texts = args.plans or LESSON_PLANS
     try:
         plans = [parse_plan(text) for text in texts]
+        for text, plan in zip(texts, plans, strict=True):  # each plan trains a new run: no schedule to keep
+            try:
+                check_plan(plan, has_schedule=False)
+            except ValueError as e:
+                raise ValueError(f"plan {text!r}: {e}") from None
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     except ValueError as e:
         _say(f"lrctl: compare: {e}")

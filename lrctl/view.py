@@ -161,6 +161,10 @@ class View(Observer):
         progress = self.progress
         if progress is not None:
             progress.stop()
+            # rich keeps the stopped bars' height and, on start, moves the cursor up that far and clears:
+            # it erased what was written meanwhile (the lr prompt and its refusal, e.g. an unknown schedule).
+            # Forget it: the bars start again below those lines.
+            progress.live._live_render._shape = None
         try:
             yield
         finally:

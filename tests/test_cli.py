@@ -3,6 +3,7 @@ checked through TensorBoard's own reader."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -213,3 +214,49 @@ def test_opening_a_run_does_not_import_torch(tmp_path):
             "s.store.close()\nprint('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("plan, message", [
+    ("2@keep", "nothing to keep yet"),
+    ("2@warmup=2 cos 0.03", "leaves none of the chunk's 2 epochs"),
+    ("3@0.03;2@warmup=2 cos 0.03", "leaves none of the chunk's 2 epochs"),
+])
+def test_a_new_runs_plan_it_cannot_train_is_refused_before_the_run_exists(tmp_path, capsys, plan, message):
+    from lrctl.cli import main
+
+    code = main(["--run", "p", "--runs-dir", str(tmp_path / "runs"), "--plan", plan])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("lrctl: --plan: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "p").exists()  # no run left with work that no resume could finish
+
+
+def test_what_loading_found_is_said_when_the_user_quits_at_the_first_question(tmp_path, monkeypatch, capsys):
+    """A missing pending.json is found only once the checkpoint loads, after the first question is on screen:
+    quitting there ('n') must still say what was found and that the work is kept, not only journal it."""
+    import io
+
+    from lrctl.cli import main
+    from lrctl.plan import requests
+    from lrctl.runstore import PENDING_FILE
+    from tests.test_lifecycle import SimKill, simulate_kill
+    from tests.test_seams import KillAtEpoch, open_run
+
+    runs = tmp_path / "runs"
+    session = open_run(runs, observer=KillAtEpoch(4))
+    with pytest.raises(SimKill):
+        session.run_plan(requests([(3, "0.03"), (3, "0.01")]))
+    simulate_kill(session)
+    (runs / "r" / PENDING_FILE).unlink()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
+    assert main(["--run", "r", "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "pending.json is missing" in out and "3@0.01 from epoch 3" in out
+    assert json.loads((runs / "r" / PENDING_FILE).read_text())["chunks"][0]["start"] == 3  # kept for resume
+
+
+def test_schedule_command_refuses_a_warm_up_as_long_as_its_epochs(capsys):
+    from lrctl.cli import main
+
+    assert main(["schedule", "warmup=5 cos 0.03", "--epochs", "5"]) == 2  # was a traceback
+    assert capsys.readouterr().err == "lrctl: warmup=5 leaves none of the chunk's 5 epochs for cos\n"

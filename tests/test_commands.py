@@ -62,6 +62,12 @@ def test_preview():
     assert isinstance(parse(Question.LR, "preview exp 0.1 gama=2"), Invalid)
 
 
+def test_preview_of_a_warm_up_as_long_as_the_preview_is_refused_not_raised():
+    refused = parse(Question.LR, "preview warmup=5 cos 0.03 5")  # the REPL ended with a traceback
+    assert isinstance(refused, Invalid) and "leaves none of the chunk's 5 epochs" in refused.message
+    assert parse(Question.LR, "preview warmup=5 cos 0.03") == Preview("warmup=5 cos 0.03", 30)
+
+
 def test_completions():
     assert "cyclic" in completions("cy") and "cos" not in completions("cy")
     assert completions("exp 0.05 ") == ["gamma="]

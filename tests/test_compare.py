@@ -20,3 +20,17 @@ def test_compare_keeps_a_plan_that_diverges_in_the_table(tmp_path, capsys):
     final_train = float(rows["2@0.01"][0])
     assert final_train == pytest.approx(read_scalars(tmp_path / "div" / "2x0.01-s24")["train_mse"][-1][1], rel=1e-4)
     assert "test_mse by epoch" in out  # the chart still draws the plans that trained
+
+
+@pytest.mark.parametrize("plan, message", [
+    ("2@warmup=2 cos 0.03", "leaves none of the chunk's 2 epochs"),  # was a traceback after the first runs
+    ("2@keep", "nothing to keep yet"),  # was said only when its run came, the others already made
+])
+def test_compare_refuses_a_plan_no_new_run_can_train_before_any_run_is_made(tmp_path, capsys, plan, message):
+    from lrctl.cli import main
+
+    code = main(["compare", "--plans", "2@0.03", plan, "--name", "bad", "--runs-dir", str(tmp_path)])
+    err = capsys.readouterr()
+    assert code == 2
+    assert f"lrctl: compare: plan '{plan}': " in err.out + err.err and message in err.out + err.err
+    assert not (tmp_path / "bad").exists()

@@ -218,3 +218,38 @@ def test_a_checkpoint_asked_for_while_paused_is_written_at_once(tmp_path):
     session.close()
     journal = [json.loads(x) for x in (tmp_path / "runs" / "r" / "journal.jsonl").read_text().splitlines()]
     assert any(e["event"] == "saved" and e.get("batch") == 4 for e in journal), "no checkpoint while paused"
+
+
+def test_ctrl_c_twice_as_a_chunk_ends_returns_to_the_prompt_with_the_chunk_recorded(tmp_path):
+    """Two quick Ctrl-C with epochs of milliseconds: the second came after the last epoch, while the chunk
+    ended (its checkpoint, journal, view); it escaped as a KeyboardInterrupt and ended the program, with the
+    chunk's end never journaled and the progress bars left on screen."""
+    from lrctl.repl import ChunkInterrupts
+
+    class SecondPressAtTheEnd(Observer):
+        def __init__(self):
+            self.pressed = 0
+
+        def message(self, text):
+            pass
+
+        warn = message
+
+        def epoch_done(self, record, metric):
+            if record.step == 2:
+                self.interrupts.press()  # stop after this epoch
+
+        def chunk_ended(self, outcome):
+            if self.interrupts.presses == 1:
+                self.interrupts.press()  # the second press lands here: nothing left to abandon
+
+    observer = SecondPressAtTheEnd()
+    session = RunSession.open(tmp_path / "runs", "r", with_overrides(RunConfig(), ["data.rows=300"]),
+                              save_every=NEVER, observer=observer)
+    observer.interrupts = ChunkInterrupts(session, observer)
+    session.load()
+    outcome = session.train(10, "0.03")
+    assert (outcome.status, outcome.step) == ("stopped", 3)
+    assert [e["event"] for e in session.store.read_journal()][-1] == "interrupted"  # the stop was recorded
+    assert session.train(1, "0.03").status == "done"  # and the session goes on
+    session.close()
