@@ -193,13 +193,6 @@ def _open(args: argparse.Namespace, group):
 
         prebuilt = Trainer(cfg)
     plan = parse_plan(args.plan) if getattr(args, "plan", None) is not None else None
-    if plan is not None and not store.exists:
-        # A new run's plan is recorded with it and trained as its pending work: a chunk it cannot run
-        # (keep with no schedule, a warm-up as long as its chunk) would leave a run no resume can finish.
-        try:
-            check_plan(plan, has_schedule=False)
-        except ValueError as e:
-            raise RunError(f"--plan: {e}") from None
     session = RunSession.open(args.runs_dir, run_name, cfg, force_config=getattr(args, "force_config", False),
                               save_every=save_every, observer=View(), config_origin=origin,
                               keep=args.keep_checkpoints, group=group, plan=plan)
@@ -387,8 +380,16 @@ def _run_repl(holder: list, loader: _Loader, view, finish: bool, tb_url: str | N
 
 
 def _resolve_config(args: argparse.Namespace, store: RunStore) -> tuple[config_mod.RunConfig | None, str]:
-    """The config the user asked for, or None to use the run's frozen one."""
-    explicit = getattr(args, "config", None) is not None or getattr(args, "set", [])
-    if store.exists and not explicit:
-        return None, ""
-    return config_mod.load_config(getattr(args, "config", None), getattr(args, "set", []))
+    """The config the user asked for, or None to use the run's frozen one.
+
+    ``--set`` on an existing run without ``--config`` changes the run's own config (not the defaults:
+    ``--set train.momentum=0.9`` must not also put back every other key the run was created with)."""
+    config_path, assignments = getattr(args, "config", None), getattr(args, "set", []) or []
+    if store.exists and config_path is None:
+        if not assignments:
+            return None, ""
+        from lrctl.runops import read_frozen_config
+
+        frozen, path = read_frozen_config(store)
+        return config_mod.with_overrides(frozen, assignments), f"{path} with --set"
+    return config_mod.load_config(config_path, assignments)

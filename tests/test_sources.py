@@ -219,3 +219,16 @@ def test_digits_reach_their_stated_accuracy_and_both_paths_train_the_same(tmp_pa
     assert dataset["test_accuracy"] == tensors["test_accuracy"]
     a, b = (read_checkpoint(tmp_path / "runs" / n / "checkpoint.pt") for n in ("digits", "digits-tensors"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # the same batches, in order
+
+
+def test_set_on_an_existing_run_changes_the_runs_own_config_not_the_defaults(workdir):
+    assert run_main(["--run", "own", "--set", "data.rows=300", "--plan", "1@0.01"], workdir).returncode == 0
+    refused = run_main(["--run", "own", "--set", "train.momentum=0.9", "--plan", "1@0.01"], workdir)
+    assert refused.returncode != 0
+    assert "train.momentum: 0.0 (run) -> 0.9 (given)" in refused.stderr and "data.rows" not in refused.stderr
+    forced = run_main(["--run", "own", "--set", "train.momentum=0.9", "--force-config", "--plan", "1@0.01"], workdir)
+    assert forced.returncode == 0, forced.stderr
+    frozen = (workdir / "runs" / "own" / "config.toml").read_text()
+    assert "rows = 300" in frozen and "momentum = 0.9" in frozen  # the run's data stayed what it was
+    # runtime settings on top of the run's own config: no change to what the run is
+    assert run_main(["--run", "own", "--set", "train.threads=1", "--plan", "1@0.01"], workdir).returncode == 0
