@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lrctl.reports import ChunkOutcome, Observer
 from lrctl.runstore import Pending, RunError, RunStore
-from lrctl.schedules import ScheduleSpec, parse
+from lrctl.schedules import ScheduleError, ScheduleSpec, parse
 from lrctl.stopping import Shutdown, StopState
 
 if TYPE_CHECKING:
@@ -144,16 +144,23 @@ class ChunkRun:
         """A new schedule at the chunk's first epoch; mid-chunk, the one the checkpoint (or a pause)
         left, its recorded changes included."""
         trainer, chunk = self.trainer, self.chunk
+        # A recorded chunk that cannot run (written by an older lrctl, or edited) is named, with the way out.
+        cannot = (f"the pending chunk from epoch {chunk['start']} ({chunk['epochs']} epochs of `{chunk['expr']}`) "
+                  "cannot run: {}; to drop it, start the run at the prompt and answer n to 'Finish the "
+                  "interrupted chunk?'")
         if chunk["expr"] == "keep" or trainer.global_step > chunk["start"] or trainer.batch_in_epoch:
             if trainer.runner is None:
-                raise RunError("nothing to keep: the run has no schedule yet" if chunk["expr"] == "keep" else
-                               f"cannot resume the chunk started at epoch {chunk['start']}: no schedule state")
+                raise RunError(cannot.format("the run has no schedule to keep" if chunk["expr"] == "keep" else
+                                             "the checkpoint holds no schedule state for it"))
             return
         # Typed when this process recorded the chunk; read back from pending.json, it is parsed here, once.
         spec = self.session.typed_specs.get(chunk["start"])
-        if spec is None or spec.text != chunk["expr"]:
-            spec = parse(chunk["expr"])
-        trainer.start_schedule(spec, chunk["epochs"])
+        try:
+            if spec is None or spec.text != chunk["expr"]:
+                spec = parse(chunk["expr"])
+            trainer.start_schedule(spec, chunk["epochs"])
+        except ScheduleError as e:
+            raise RunError(cannot.format(e)) from None
 
     def _ended(self, outcome: ChunkOutcome) -> ChunkOutcome:
         self.session.observer.chunk_ended(outcome)

@@ -203,3 +203,20 @@ def test_a_plan_the_run_cannot_do_is_refused_at_once_with_the_rule(tmp_path, mon
     assert code != 0
     assert "--plan: nothing to keep yet" in out.out + out.err and "Traceback" not in out.out + out.err
     assert not (tmp_path / "runs" / "k" / "config.toml").exists()  # no run was made that could never train
+
+
+def test_a_recorded_chunk_that_cannot_run_is_named_with_the_way_out(tmp_path):
+    """A pending chunk no rule would accept today (an older lrctl recorded it, or a hand edit) is not a
+    traceback on every resume: the message names it and how to drop it, and dropping it works."""
+    from tests.conftest import run_main
+
+    assert run_main(["--run", "old", "--set", "data.rows=300", "--plan", "1@0.01"], tmp_path).returncode == 0
+    (tmp_path / "runs" / "old" / PENDING_FILE).write_text(json.dumps(
+        {"chunks": [{"start": 1, "epochs": 2, "expr": "warmup=2 cos 0.03"}], "source": "plan"}))
+    result = run_main(["resume", "old"], tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "the pending chunk from epoch 1 (2 epochs of `warmup=2 cos 0.03`) cannot run" in result.stderr
+    assert "answer n to 'Finish the interrupted chunk?'" in result.stderr
+    dropped = run_main(["--run", "old"], tmp_path, stdin="n\nn\n")
+    assert dropped.returncode == 0, dropped.stderr
+    assert not (tmp_path / "runs" / "old" / PENDING_FILE).exists()
