@@ -240,4 +240,18 @@ class RunStore(CheckpointFiles):
             return False
         latest_missing = not (self.dir / CHECKPOINT_FILE).exists()
         return bool(latest_missing or self.check_checkpoints()[1] or self.previous_problem() or self.meta_problem()
-                    or self.pending_problem())
+                    or self.pending_problem() or self.pending_file_lost())
+
+    def pending_file_lost(self) -> bool:
+        """``pending.json`` is absent, yet the journal's last command reaches past the checkpoint's epoch and
+        was never dropped: work may be left, which loading rebuilds (and the first question must offer)."""
+        if (self.dir / PENDING_FILE).exists():
+            return False
+        step = self.summary().get("global_step")
+        for event in reversed(self.read_journal()):
+            if event.get("event") in ("pending_dropped", "pending_recovered"):
+                return False
+            if event.get("event") == "command":
+                ends = [c["start"] + c["epochs"] for c in event.get("chunks") or [] if isinstance(c, dict)]
+                return step is None or max(ends, default=0) > int(step)
+        return False

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_checkpoint, read_scalars, run_main
+from tests.conftest import assert_states_equal, read_checkpoint, read_scalars, run_main
 
 TRANSCRIPT = "y\n30\n0.03\ny\n30\n0.01\nn\n"
 
@@ -248,11 +248,39 @@ def test_what_loading_found_is_said_when_the_user_quits_at_the_first_question(tm
         session.run_plan(requests([(3, "0.03"), (3, "0.01")]))
     simulate_kill(session)
     (runs / "r" / PENDING_FILE).unlink()
-    monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # Ctrl-D at the first question
     assert main(["--run", "r", "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
     assert "pending.json is missing" in out and "3@0.01 from epoch 3" in out
     assert json.loads((runs / "r" / PENDING_FILE).read_text())["chunks"][0]["start"] == 3  # kept for resume
+
+
+def test_a_lost_pending_file_is_noticed_before_the_first_question_which_offers_the_work(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """The journal says a command reaches past the checkpoint but pending.json is gone: the run loads before
+    the first question, so it is "Finish the interrupted chunk?" and 'y' trains the lost work exactly
+    (it used to ask "Continue training?", and a new chunk silently replaced the work)."""
+    import io
+
+    from lrctl.cli import main
+    from lrctl.plan import requests
+    from lrctl.runstore import PENDING_FILE
+    from tests.test_lifecycle import SimKill, simulate_kill
+    from tests.test_seams import KillAtEpoch, open_run, uninterrupted
+
+    runs = tmp_path / "runs"
+    session = open_run(runs, observer=KillAtEpoch(4))
+    with pytest.raises(SimKill):
+        session.run_plan(requests([(3, "0.03"), (3, "0.01")]))
+    simulate_kill(session)
+    (runs / "r" / PENDING_FILE).unlink()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\nn\n"))
+    assert main(["--run", "r", "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "Finish the interrupted chunk" in out and "Continue training?" in out
+    assert out.index("pending.json is missing") < out.index("Finish the interrupted chunk")
+    assert_states_equal(read_checkpoint(runs / "r" / "checkpoint.pt"),
+                        uninterrupted(tmp_path / "ref", [(3, "0.03"), (3, "0.01")]))
 
 
 def test_schedule_command_refuses_a_warm_up_as_long_as_its_epochs(capsys):
