@@ -105,7 +105,7 @@ def _settle_pending(store: RunStore, loaded: LoadedCheckpoint, trainer: Any, fal
         rebuilt, unsure = _replay_journal(snapshot, after, trainer.batches_per_epoch, step)
         if unsure:  # the journal cannot tell: the checkpoint's own copy decides whether work was left
             rebuilt = list(snapshot.get("chunks") or [])
-        if Pending(rebuilt).remaining(step) > 0:
+        if Pending(rebuilt).remaining(step) > 0 and fallback_from is None:
             problem = f"{PENDING_FILE} is missing"
         elif fallback_from is None:
             return False

@@ -220,3 +220,22 @@ def test_a_recorded_chunk_that_cannot_run_is_named_with_the_way_out(tmp_path):
     dropped = run_main(["--run", "old"], tmp_path, stdin="n\nn\n")
     assert dropped.returncode == 0, dropped.stderr
     assert not (tmp_path / "runs" / "old" / PENDING_FILE).exists()
+
+
+def test_a_lost_latest_checkpoint_of_finished_work_is_not_blamed_on_the_pending_file(tmp_path):
+    """All work done (so no pending.json, rightly), then checkpoint.pt damaged: the fallback's message says
+    the epochs were lost with the checkpoint and will be redone; it does not say pending.json is missing."""
+    loggers = Loggers()
+    session = open_run(tmp_path, loggers)
+    session.run_plan(parse_plan("2@0.03;2@0.01"))
+    expected = session.trainer.state_dict()
+    session.close()
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"damaged")
+    again = RunSession.open(tmp_path, "r", small(), logger_factory=loggers, save_every=NEVER)
+    again.load()
+    said = " | ".join(again.load_warnings)
+    assert "pending.json is missing" not in said
+    assert "were lost with the latest checkpoint" in said and "redone exactly" in said, said
+    again.finish_pending()
+    assert_states_equal(expected, again.trainer.state_dict())
+    again.close()
