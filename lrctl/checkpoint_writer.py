@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from lrctl._faults import point as _fault_point
+from lrctl.durable import write_synced
 
 
 class _HashingFile:
@@ -74,22 +73,16 @@ def write_checkpoint(path: Path, state: dict[str, Any]) -> tuple[Path, str]:
 
     The caller renames the temp file over ``path`` once its checksum is recorded. On any failure (disk
     full, a simulated kill) the temp file is removed and the error raised, as in
-    :func:`lrctl.runstore.write_synced`, whose fault points this passes too.
+    :func:`lrctl.durable.write_synced`, which it writes through (with its fault points).
     """
     import torch
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # buffered: large records bypass the buffer, small ones are batched
-            _fault_point(f"write {path.name}")
-            out = _HashingFile(f)
-            with _without_crc32():
-                torch.save(state, out)
-            f.flush()
-            _fault_point(f"fsync {path.name}")
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return tmp, out.sha.hexdigest()
+    hashed: list[_HashingFile] = []
+
+    def serialize(f: BinaryIO) -> None:  # buffered: large records bypass the buffer, small ones are batched
+        hashed.append(_HashingFile(f))
+        with _without_crc32():
+            torch.save(state, hashed[0])
+
+    tmp = write_synced(path, serialize)
+    return tmp, hashed[0].sha.hexdigest()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from lrctl._faults import point as _fault_point
 
@@ -44,15 +46,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_synced(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temp file beside ``path`` and fsync it; returns the temp file's path.
+def write_synced(path: Path, data: bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write ``data`` (bytes, or a function that writes into the open file) to a temp file beside ``path``
+    and fsync it; returns the temp file's path.
 
-    On failure (disk full, permissions) the temp file is removed and the error raised."""
+    On failure (disk full, permissions, a simulated kill) the temp file is removed and the error raised."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             _fault_point(f"write {path.name}")
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             _fault_point(f"fsync {path.name}")
             os.fsync(f.fileno())

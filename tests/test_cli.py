@@ -231,23 +231,33 @@ def test_a_new_runs_plan_it_cannot_train_is_refused_before_the_run_exists(tmp_pa
     assert not (tmp_path / "runs" / "p").exists()  # no run left with work that no resume could finish
 
 
-def test_what_loading_found_is_said_when_the_user_quits_at_the_first_question(tmp_path, monkeypatch, capsys):
-    """A missing pending.json is found only once the checkpoint loads, after the first question is on screen:
-    quitting there ('n') must still say what was found and that the work is kept, not only journal it."""
-    import io
+LOST_PLAN = [(3, "0.03"), (3, "0.01")]
 
-    from lrctl.cli import main
+
+def _killed_at_epoch_4_with_pending_json_deleted(runs) -> None:
+    """Plan 3@0.03;3@0.01 killed (as by kill -9) after epoch 4, then its pending.json deleted."""
     from lrctl.plan import requests
     from lrctl.runstore import PENDING_FILE
     from tests.test_lifecycle import SimKill, simulate_kill
     from tests.test_seams import KillAtEpoch, open_run
 
-    runs = tmp_path / "runs"
     session = open_run(runs, observer=KillAtEpoch(4))
     with pytest.raises(SimKill):
-        session.run_plan(requests([(3, "0.03"), (3, "0.01")]))
+        session.run_plan(requests(LOST_PLAN))
     simulate_kill(session)
     (runs / "r" / PENDING_FILE).unlink()
+
+
+def test_what_loading_found_is_said_when_the_user_quits_at_the_first_question(tmp_path, monkeypatch, capsys):
+    """A missing pending.json is reported before the first question; quitting there (Ctrl-D) keeps the
+    rebuilt work for resume."""
+    import io
+
+    from lrctl.cli import main
+    from lrctl.runstore import PENDING_FILE
+
+    runs = tmp_path / "runs"
+    _killed_at_epoch_4_with_pending_json_deleted(runs)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # Ctrl-D at the first question
     assert main(["--run", "r", "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
@@ -263,24 +273,16 @@ def test_a_lost_pending_file_is_noticed_before_the_first_question_which_offers_t
     import io
 
     from lrctl.cli import main
-    from lrctl.plan import requests
-    from lrctl.runstore import PENDING_FILE
-    from tests.test_lifecycle import SimKill, simulate_kill
-    from tests.test_seams import KillAtEpoch, open_run, uninterrupted
+    from tests.test_seams import uninterrupted
 
     runs = tmp_path / "runs"
-    session = open_run(runs, observer=KillAtEpoch(4))
-    with pytest.raises(SimKill):
-        session.run_plan(requests([(3, "0.03"), (3, "0.01")]))
-    simulate_kill(session)
-    (runs / "r" / PENDING_FILE).unlink()
+    _killed_at_epoch_4_with_pending_json_deleted(runs)
     monkeypatch.setattr(sys, "stdin", io.StringIO("y\nn\n"))
     assert main(["--run", "r", "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
     assert "Finish the interrupted chunk" in out and "Continue training?" in out
     assert out.index("pending.json is missing") < out.index("Finish the interrupted chunk")
-    assert_states_equal(read_checkpoint(runs / "r" / "checkpoint.pt"),
-                        uninterrupted(tmp_path / "ref", [(3, "0.03"), (3, "0.01")]))
+    assert_states_equal(read_checkpoint(runs / "r" / "checkpoint.pt"), uninterrupted(tmp_path / "ref", LOST_PLAN))
 
 
 def test_schedule_command_refuses_a_warm_up_as_long_as_its_epochs(capsys):
