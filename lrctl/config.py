@@ -380,12 +380,13 @@ def from_dict(raw: dict[str, Any], origin: str = "config") -> RunConfig:
             else:
                 values[key] = converted
         sections[name] = cls(**values)
+    try:  # the checks between keys run on what could be read, so every mistake is listed at once
+        cfg = RunConfig(**sections)
+    except ConfigError as e:
+        problems += str(e).splitlines()
     if problems:
         raise ConfigError(f"{origin}:\n  " + "\n  ".join(problems))
-    try:
-        return RunConfig(**sections)
-    except ConfigError as e:
-        raise ConfigError(f"{origin}:\n  " + str(e).replace("\n", "\n  ")) from None
+    return cfg
 
 
 def load(path: Path | None) -> tuple[RunConfig, str]:

@@ -276,3 +276,15 @@ def test_a_bad_setting_is_refused_before_torchrun_starts(tmp_path, capsys, monke
 def test_cli_refuses_each_bad_option_naming_it(options, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert message in _main_refuses(["--run", "x", *options], tmp_path, capsys, code=2)
+
+
+def test_unknown_keys_and_out_of_range_values_are_listed_together():
+    """One run of lrctl shows every mistake: what cannot be read and what the checks between keys refuse."""
+    from lrctl.config import ConfigError, RunConfig, with_overrides
+
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(RunConfig(), ["foo.bar=1", "train.batch_size=-1", "data.rows=0", "model.hiden=[3]"])
+    text = str(caught.value)
+    for said in ("unknown section [foo]", "model.hiden: unknown key (did you mean 'hidden'?)",
+                 "data.rows: must be > 0", "train.batch_size: must be > 0"):
+        assert said in text, text
