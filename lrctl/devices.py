@@ -13,6 +13,8 @@ the default (cpu) keeps the first prompt instant.
 
 from __future__ import annotations
 
+from typing import Any
+
 from lrctl.config import ConfigError
 
 
@@ -47,3 +49,14 @@ def check_device(name: str) -> None:
     problem = device_problem(name)
     if problem is not None:
         raise ConfigError(problem)
+
+
+def resolve_device(name: str) -> Any:
+    """The torch.device for ``train.device`` (``auto``: CUDA when there is one), or a ConfigError naming
+    the key (not torch's AssertionError)."""
+    import torch
+
+    check_device(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -26,6 +26,7 @@ from torch import nn
 
 from lrctl import data as data_mod
 from lrctl.config import RunConfig
+from lrctl.devices import resolve_device
 from lrctl.loaders import Loaders
 from lrctl.lr_runner import ScheduleRunner
 from lrctl.models import build_model
@@ -76,15 +77,6 @@ def _metric_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     return {"mse": nn.functional.mse_loss, "mae": nn.functional.l1_loss, "accuracy": _accuracy}[name]
 
 
-def resolve_device(name: str) -> torch.device:
-    from lrctl.devices import check_device
-
-    check_device(name)  # a ConfigError naming train.device, not torch's AssertionError
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def build_optimizer(cfg: RunConfig, params: Any, lr: float = 0.01) -> torch.optim.Optimizer:
     t = cfg.train
     # foreach (one op over all parameters) on the CPU too, where torch defaults to a Python loop over them:
@@ -115,7 +107,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, device: str | None = None, *, model: nn.Module | None = None,
                  split: data_mod.Split | None = None) -> None:
         self.cfg = cfg
-        self.device = resolve_device(device or cfg.train.device)
+        self.device = resolve_device(device or cfg.train.device)  # lrctl.devices
         split = split if split is not None else data_mod.build_split(cfg)
         if model is None:
             model = build_model(cfg, split.in_features, split.out_features(cfg))
@@ -280,6 +272,29 @@ class Trainer:
             self._order = (self.global_step, order)
         return self._order[1]
 
+    def step_on(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+        """One optimizer step on batch (x, y) at ``lr``, outside any epoch and taken as the batch loop takes
+        it (the lr finder's sweep and trials); returns the batch's loss tensor (no host sync)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self.loss_fn(self.model(x), y)
+        for p in self._params:
+            p.grad = None
+        loss.backward()
+        self._update(lr)
+        return loss
+
+    def _update(self, lr: float) -> None:
+        """Apply the gradients: plain SGD as one fused update (bit-identical to SGD.step(), cheaper)."""
+        params = self._params
+        if self._plain_sgd:
+            grads = [p.grad for p in params]
+            if all(g is not None for g in grads):
+                with torch.no_grad():
+                    torch._foreach_add_(params, grads, alpha=-lr)
+                return  # a parameter without a gradient this batch: SGD.step() below skips it properly
+        self.optimizer.step()
+
     def _run_batches(self, on_batch_end: Callable[[int, int], None] | None) -> list[float] | None:
         """One epoch of optimizer steps. No host syncs in here (tests enforce it).
 
@@ -293,9 +308,8 @@ class Trainer:
         skip = self.batch_in_epoch
         batch_lrs = self._epoch_lrs = self._epoch_lrs if skip else []
         per_batch = (self._epoch_per_batch if skip else False) or (self.runner is not None and self.runner.per_batch)
-        params, plain_sgd = self._params, self._plain_sgd
-        group = optimizer.param_groups[0]
-        if plain_sgd:
+        params, group = self._params, optimizer.param_groups[0]
+        if self._plain_sgd:
             optimizer._opt_called = True  # what step() would mark: torch's schedulers check it to warn about order
         model.train()
         batches = self._batches()
@@ -310,15 +324,7 @@ class Trainer:
             for p in params:
                 p.grad = None
             loss.backward()
-            if plain_sgd:
-                grads = [p.grad for p in params]
-                if all(g is not None for g in grads):
-                    with torch.no_grad():
-                        torch._foreach_add_(params, grads, alpha=-group["lr"])
-                else:  # a parameter without a gradient this batch: SGD.step() skips it properly
-                    optimizer.step()
-            else:
-                optimizer.step()
+            self._update(group["lr"])
             runner = self.runner
             if runner is not None:
                 per_batch = per_batch or runner.per_batch

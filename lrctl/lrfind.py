@@ -271,23 +271,8 @@ def default_batches(trainer: Trainer) -> int:
 
 def step_at(trainer: Trainer, lr: float, x, y):
     """One optimizer step on batch (x, y) at ``lr`` (every sweep's and trial's step), as the engine takes
-    it (plain SGD as one fused update; see :class:`~lrctl.engine.Trainer`); returns the batch's loss tensor."""
-    import torch
-
-    params = trainer._params
-    for group in trainer.optimizer.param_groups:
-        group["lr"] = lr
-    loss = trainer.loss_fn(trainer.model(x), y)
-    for p in params:
-        p.grad = None
-    loss.backward()
-    grads = [p.grad for p in params]
-    if trainer._plain_sgd and all(g is not None for g in grads):
-        with torch.no_grad():
-            torch._foreach_add_(params, grads, alpha=-lr)
-    else:
-        trainer.optimizer.step()
-    return loss
+    it (:meth:`lrctl.engine.Trainer.step_on`); returns the batch's loss tensor."""
+    return trainer.step_on(x, y, lr)
 
 
 def range_test(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int | None = None,
