@@ -249,7 +249,7 @@ class RunStore(CheckpointFiles):
             return False
         step = self.summary().get("global_step")
         for event in reversed(self.read_journal()):
-            if event.get("event") in ("pending_dropped", "pending_recovered"):
+            if event.get("event") in ("pending_dropped", "pending_recovered", "forked"):  # a fork starts with none
                 return False
             if event.get("event") == "command":
                 ends = [c["start"] + c["epochs"] for c in event.get("chunks") or [] if isinstance(c, dict)]
