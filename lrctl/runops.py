@@ -108,9 +108,9 @@ def create_run(store: RunStore, cfg: config_mod.RunConfig, origin: str,
     from lrctl.runstore import Pending, now_iso
 
     store.clear_unborn()
-    if chunks:
-        store.write_pending(Pending(chunks, "plan"))
+    if chunks:  # the journal first, as every command (lrctl.work.PendingWork.record says why)
         store.journal("command", durable=True, source="plan", chunks=chunks, **job)
+        store.write_pending(Pending(chunks, "plan"))
     store.write_config(config_mod.to_toml(cfg, header=f"lrctl run '{store.name}', created {now_iso()} "
                                           f"from {origin or 'the built-in lesson config'}."))
 

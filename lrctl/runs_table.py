@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from lrctl.runstore import CONFIG_FILE, LOCK_FILE, RunError, RunStore
+from lrctl.runstore import CONFIG_FILE, LOCK_FILE, PENDING_FILE, RunError, RunStore
 
 
 @dataclass
@@ -41,6 +41,8 @@ def _state(store: RunStore) -> str:
     pending_problem = store.pending_problem()
     if pending_problem:
         return f"interrupted? {pending_problem}: lrctl resume {store.name} rebuilds the work from the journal"
+    if not problems and store.pending_file_lost():  # (after a fallback the journal reaches past it anyway)
+        return f"interrupted? {PENDING_FILE} is missing: lrctl resume {store.name} rebuilds the work from the journal"
     pending = store.read_pending()
     step = int(store.summary().get("global_step", 0))
     if pending is not None and pending.remaining(step) > 0:

@@ -249,7 +249,8 @@ class RunStore(CheckpointFiles):
             return False
         step = self.summary().get("global_step")
         for event in reversed(self.read_journal()):
-            if event.get("event") in ("pending_dropped", "pending_recovered", "forked"):  # a fork starts with none
+            # the work was dropped (undo and divergence drop it too), rebuilt, or never this run's (a fork's copy)
+            if event.get("event") in ("pending_dropped", "pending_recovered", "undo", "diverged", "forked"):
                 return False
             if event.get("event") == "command":
                 ends = [c["start"] + c["epochs"] for c in event.get("chunks") or [] if isinstance(c, dict)]

@@ -51,13 +51,17 @@ class PendingWork:
         self.store.write_pending(self._current)
 
     def record(self, chunks: list[dict[str, Any]], source: str, step: int, job: dict[str, str]) -> Pending:
-        """A new command: it replaces what was left (journaled), and is durable before it runs."""
+        """A new command: it replaces what was left (journaled), and is durable before it runs.
+
+        The journal line comes first: a kill between the two writes leaves a journal that names the
+        command, from which a lost or never-written ``pending.json`` is rebuilt (the other order could
+        leave the command only in a file that may then be lost without a trace)."""
         old = self.left(step)
         if old is not None:
             self.store.journal("pending_replaced", durable=True, old=old.chunks, step=step)
+        self.store.journal("command", durable=True, source=source, chunks=chunks, **job)
         pending = Pending(chunks, source)
         self._write(pending)
-        self.store.journal("command", durable=True, source=source, chunks=chunks, **job)
         return pending
 
     def replace(self, pending: Pending | None) -> None:
