@@ -122,6 +122,33 @@ def test_lost_work_that_cannot_be_redone_exactly_is_refused_by_name(tmp_path):
     session.close()
 
 
+def test_a_command_killed_before_its_pending_file_is_rebuilt_from_its_journal_line(tmp_path, monkeypatch, capsys):
+    """kill -9 between a command's fsynced journal line and its pending.json (the journal comes first): the
+    run knows the command; lrctl runs says interrupted and resume trains it exactly (found by the long
+    profile: with the pending file first, a kill there and a lost pending.json left no trace of it)."""
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.train(1, "0.03")
+
+    def kill_at_the_pending_write(name: str) -> None:
+        if name == f"write {PENDING_FILE}":
+            raise SimKill(name)
+
+    _faults.install(kill_at_the_pending_write)
+    try:
+        with pytest.raises(SimKill):
+            session.run_plan(requests([(2, "cos 0.02")]))
+    finally:
+        _faults.install(None)
+    simulate_kill(session)
+    assert not (runs / "r" / PENDING_FILE).exists()
+    assert {r.name: r for r in list_runs(runs)}["r"].state.startswith("interrupted")
+    code, out = run_main(["resume", "r", "--runs-dir", str(runs)], "", monkeypatch, capsys)
+    assert code == 0, out
+    expected = uninterrupted(runs, [(1, "0.03"), (2, "cos 0.02")])
+    assert_states_equal(read_checkpoint(runs / "r" / CHECKPOINT_FILE), expected)
+
+
 # 3 -------------------------------------------------------------------------------------------------------
 def test_garbage_pending_file_is_reported_and_the_work_rebuilt_from_the_journal(tmp_path):
     runs = tmp_path / "runs"
