@@ -190,6 +190,9 @@ def _replay_journal(snapshot: dict[str, Any] | None, events: list[dict[str, Any]
         if kind in _FORKS and event.get("step") == loaded_step:
             chunks = [] if kind == "forked" else chunks  # a fork starts with no pending work
             continue
+        if kind == "undo" and event.get("to_step") == loaded_step:
+            chunks = []  # the undo that wrote this very checkpoint (its line follows its saves); it drops the work
+            continue
         if kind in _UNREPLAYABLE:
             return [], f"{_UNREPLAYABLE[kind]} came after that checkpoint"
         if kind == "command":

@@ -110,11 +110,13 @@ def test_lost_work_that_cannot_be_redone_exactly_is_refused_by_name(tmp_path):
     session = open_run(runs)
     session.train(2, "0.03")
     session.train(2, "0.02")
-    session.undo()  # the timeline after the older checkpoint has an undo in it
+    session.undo()  # the timeline after the older checkpoint has an undo in it (back to epoch 2, not 0)
     session.store.write_pending(None)
     session.run_plan(requests([(3, "0.01")]))
     session.close()
-    (runs / "r" / CHECKPOINT_FILE).unlink()
+    # Every checkpoint from the undo on is lost: the run falls back to the one kept at epoch 0.
+    for lost in (CHECKPOINT_FILE, "checkpoint.prev.pt", "kept/step-00000002.pt", "kept/step-00000005.pt"):
+        (runs / "r" / lost).unlink()
     (runs / "r" / PENDING_FILE).write_text("{garbage")
     session = open_run(runs)
     assert any("cannot be redone exactly (an undo came after that checkpoint)" in w for w in session.load_warnings)
@@ -147,6 +149,26 @@ def test_a_command_killed_before_its_pending_file_is_rebuilt_from_its_journal_li
     assert code == 0, out
     expected = uninterrupted(runs, [(1, "0.03"), (2, "cos 0.02")])
     assert_states_equal(read_checkpoint(runs / "r" / CHECKPOINT_FILE), expected)
+
+
+def test_work_after_the_undo_that_wrote_the_loaded_checkpoint_is_redone_exactly(tmp_path):
+    """The undo's own journal line follows its saves: when the checkpoint that loads is the undo's, the
+    work after it is replayable (it used to be refused as "an undo came after that checkpoint")."""
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.train(2, "0.03")
+    session.train(2, "0.02")
+    session.undo()
+    session.run_plan(requests([(3, "0.01")]))
+    expected = session.trainer.state_dict()
+    session.close()
+    (runs / "r" / CHECKPOINT_FILE).unlink()  # the previous one is the undo's
+    (runs / "r" / PENDING_FILE).write_text("{garbage")
+    session = open_run(runs)
+    assert session.global_step == 2 and any("redone exactly" in w for w in session.load_warnings)
+    session.finish_pending()
+    assert_states_equal(expected, session.trainer.state_dict())
+    session.close()
 
 
 # 3 -------------------------------------------------------------------------------------------------------
