@@ -118,8 +118,8 @@ class Trainer:
         self._order_state_before: torch.Tensor | None = None  # the order stream before that epoch's draw
         self.split = split.to(self.device)
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        threads = cfg.train.threads or (1 if self.n_params < SMALL_MODEL_PARAMS else torch.get_num_threads())
-        torch.set_num_threads(threads)
+        self.threads = cfg.train.threads or (1 if self.n_params < SMALL_MODEL_PARAMS else torch.get_num_threads())
+        torch.set_num_threads(self.threads)
         self.optimizer = build_optimizer(cfg, self.model.parameters())
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
         d = self.optimizer.defaults
@@ -388,6 +388,7 @@ class Trainer:
         :class:`Diverged` when the loss is no longer finite; that epoch is not recorded.
         """
         records = []
+        torch.set_num_threads(self.threads)  # per OS thread (OpenMP): the CLI builds the trainer on a loader thread
         for _ in range(epochs):
             started = time.perf_counter()
             if not self.batch_in_epoch:

@@ -187,6 +187,9 @@ class _Probe:
     """The trainer, its state to come back to, and the fixed rows every measurement reads."""
 
     def __init__(self, trainer: Trainer) -> None:
+        import torch
+
+        torch.set_num_threads(trainer.threads)  # the trainer's threads on this thread (it may be built on another)
         self.trainer = trainer
         self.saved = copy.deepcopy(trainer.state_dict())
         self.x, self.y = _eval_rows(trainer)

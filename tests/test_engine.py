@@ -214,3 +214,21 @@ def test_an_error_mid_epoch_never_saves_the_half_trained_weights(tmp_path):
     after = read_checkpoint(tmp_path / "torn" / "checkpoint.pt")
     assert after["global_step"] == 2
     assert_states_equal(saved, after)
+
+
+def test_the_trainer_trains_with_its_own_thread_count_on_whichever_thread_trains():
+    """torch's thread count is per OS thread: a trainer built on a loader thread (as the CLI builds it) still
+    trains its small model on one thread on the main thread (it trained on all cores, and its numbers
+    differed from the same run built on the main thread)."""
+    import threading
+
+    built = []
+    loader = threading.Thread(target=lambda: built.append(Trainer(with_overrides(RunConfig(), ["data.rows=300"]))))
+    loader.start()
+    loader.join()
+    trainer = built[0]
+    torch.set_num_threads(2)  # what this thread had (all cores, by default)
+    trainer.start_schedule(parse("0.03"), 1)
+    seen = []
+    trainer.fit_rec(1, on_batch_end=lambda b, n: seen.append(torch.get_num_threads()))
+    assert trainer.threads == 1 and set(seen) == {1}
