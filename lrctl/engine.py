@@ -94,7 +94,7 @@ def build_optimizer(cfg: RunConfig, params: Any, lr: float = 0.01) -> torch.opti
 class Trainer:
     """Persistent model + optimizer + schedule over one config's data.
 
-    Size: ~350 lines (over ~300): the batch loop, evaluation and state are one hot path tuned together
+    Size: ~360 lines (over ~300): the batch loop, evaluation and state are one hot path tuned together
     over the same fields; loaders, schedules, models and the epoch snapshot are modules of their own.
 
     Args:
