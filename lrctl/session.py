@@ -57,7 +57,7 @@ __all__ = ["DEFAULT_SAVE_EVERY", "ChunkOutcome", "Observer", "RunSession"]  # re
 class RunSession:
     """One open run. Use :meth:`open`, then :meth:`load`, then commands, then :meth:`close`.
 
-    Size: about 340 lines, over the project's ~300. What is left are the consistency points (save,
+    Size: about 350 lines, over the project's ~300. What is left are the consistency points (save,
     rollback, undo, fork, close, load) that must see the trainer, the files, the logs and the pending
     work at once; every part that can stand alone is a collaborator (see the module's docstring)."""
 
