@@ -66,7 +66,6 @@ class ChunkRun:
     def __init__(self, session: Session, chunk: dict[str, Any], stop_at: int | None = None) -> None:
         self.session, self.chunk, self.stop_at = session, chunk, stop_at
         self.trainer = session.trainer
-        self.end = 0  # the global epoch where this run of the chunk ends (set when it starts)
 
     @classmethod
     def finishing_torn_epoch(cls, session: Session) -> ChunkRun | None:
@@ -108,7 +107,6 @@ class ChunkRun:
             # Nothing is unsaved: the save cadence counts training since now, not the time spent at the
             # prompt (which left nothing to lose and made every chunk's first epoch save again).
             session.timing.saved()
-        self.end = trainer.global_step + todo  # its last epoch is saved by the chunk's end, once
         # Changes made mid-chunk before an interruption happen again at the same batch.
         session.live.begin(chunk, trainer.global_step * trainer.batches_per_epoch + trainer.batch_in_epoch)
         session.observer.chunk_started(trainer.global_step, todo, label, trainer.batches_per_epoch)
@@ -196,7 +194,8 @@ class ChunkRun:
         session.chunks[-1]["end"] = record.step + 1
         session.logs.epoch(record, self.trainer.batches_per_epoch)
         session.mark_boundary()
-        if session.stop.checkpoint_now or (record.step + 1 < self.end and session.timing.due_at_epoch_end(record.step)):
+        # (a save due at the chunk's last epoch is written once: the chunk's end keeps it, see keep_here)
+        if session.stop.checkpoint_now or session.timing.due_at_epoch_end(record.step):
             session.stop.checkpoint_now = False
             session.save()
         session.timing.epoch_started()
