@@ -21,11 +21,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 DEFAULT_FLAGS = ("--load_fast=false", "--reload_interval=2", "--samples_per_plugin=scalars=1000000")
 
@@ -41,9 +43,14 @@ class TensorBoard:
 
     def __init__(self, logdir: Path, port: int | None = None, extra_args: list[str] | tuple[str, ...] = ()) -> None:
         self.logdir, self.port = Path(logdir), port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
+        self.port_chosen_here = port is None
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen | None = None
+        self.errors: IO[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
 
     @property
     def command(self) -> list[str]:
@@ -55,12 +62,19 @@ class TensorBoard:
         """Start TensorBoard and wait until it answers; RuntimeError if it does not (or ``cancel`` is set)."""
         cancel = cancel or threading.Event()
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.monotonic() + timeout
+        self._launch()
         while time.monotonic() < deadline and not cancel.is_set():
             if self.process.poll() is not None:
-                raise RuntimeError(f"tensorboard exited: {self.process.stderr.read()[-500:]}")
+                message = self._error_tail()
+                if "could not bind" in message and self.port_chosen_here:
+                    # The free port was taken between our probe and TensorBoard's bind (another
+                    # server starting at the same moment): pick another one, as a user would.
+                    self.port = free_port()
+                    self._launch()
+                    continue
+                self.stop()
+                raise RuntimeError(f"tensorboard exited: {message}")
             try:
                 with urllib.request.urlopen(self.url + "data/environment", timeout=1):
                     return self.url
@@ -70,6 +84,21 @@ class TensorBoard:
         if cancel.is_set():
             raise RuntimeError("stopped before TensorBoard answered")
         raise RuntimeError(f"tensorboard did not answer on {self.url} within {timeout:.0f} s")
+
+    def _launch(self) -> None:
+        # stderr goes to a file, not a pipe: nobody reads a pipe while TensorBoard serves, and a
+        # chatty TensorBoard would block once the pipe's 64 KiB filled.
+        if self.errors is not None:
+            self.errors.close()
+        self.errors = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.DEVNULL, stderr=self.errors, text=True, start_new_session=True)
+
+    def _error_tail(self) -> str:
+        if self.errors is None:
+            return ""
+        self.errors.seek(0)
+        return self.errors.read()[-500:]
 
     def serve(self, on_ready: Callable[[str], None]) -> int | None:
         """Start TensorBoard, call ``on_ready(url)``, and wait until it exits or a stop signal arrives;
@@ -115,8 +144,10 @@ class TensorBoard:
             except subprocess.TimeoutExpired:
                 self._signal_group(process, signal.SIGKILL)
                 process.wait()
-        with contextlib.suppress(OSError, ValueError):
-            process.stderr.close()
+        errors, self.errors = self.errors, None
+        if errors is not None:
+            with contextlib.suppress(OSError, ValueError):
+                errors.close()
 
     @staticmethod
     def _signal_group(process: subprocess.Popen, signum: int) -> None:

@@ -92,3 +92,40 @@ def test_a_real_tensorboard_shows_the_timeline_right_after_undo(tmp_path, load_f
     finally:
         board.stop()
     assert [(step, round(lr, 6)) for _, step, lr in points] == [(0, 0.03), (1, 0.03), (2, 0.03), (3, 0.02), (4, 0.02)]
+
+
+@pytest.mark.slow
+def test_a_port_taken_before_tensorboard_binds_it_is_replaced(tmp_path, monkeypatch):
+    """The free port lrctl picked is taken before TensorBoard binds it (CI saw this with two servers
+    starting at once): lrctl starts it again on another free port instead of failing."""
+    import socket
+
+    from lrctl import tb
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]])
+        real_free_port = tb.free_port
+        monkeypatch.setattr(tb, "free_port", lambda: next(ports, None) or real_free_port())
+        board = tb.TensorBoard(tmp_path)
+        assert board.port == taken.getsockname()[1]
+        try:
+            url = board.start()
+            assert board.port != taken.getsockname()[1] and url == board.url
+        finally:
+            board.stop()
+
+
+def test_a_port_the_user_chose_is_not_replaced(tmp_path):
+    """``--port N`` already in use is an error naming it, not a silent move to another port."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        board = TensorBoard(tmp_path, port)
+        with pytest.raises(RuntimeError, match="could not bind"):
+            board.start()
+        assert board.port == port and board.process is None
