@@ -322,6 +322,7 @@ class Lifecycle(RuleBasedStateMachine):
     def _note_torn_chunk(self) -> None:
         """The run stands inside an epoch: its chunk is the session's last one (undo goes to its start)."""
         m = self.model
+        m.torn_chunk = None
         if self.session.trainer.batch_in_epoch:
             covering = [c for c in m.pending if c["start"] <= m.step < c["start"] + c["epochs"]]
             if covering:
@@ -388,6 +389,7 @@ class Lifecycle(RuleBasedStateMachine):
             if end >= chunk_end:
                 m.boundaries.add(chunk_end)
         m.step = end
+        m.torn_chunk = None  # a command first finishes the epoch it stood in
         if outcome.status == "diverged":
             m.pending = []
         elif outcome.status == "stopped":  # a stopped chunk is kept at its end
@@ -544,6 +546,7 @@ class Lifecycle(RuleBasedStateMachine):
     @rule(target_file=st.sampled_from([CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, CHECKPOINT_META_FILE,
                                        PENDING_FILE, JOURNAL_FILE]), how=st.sampled_from(["truncate", "delete"]))
     def damage(self, target_file: str, how: str) -> None:
+        was_torn = bool(self.session.trainer.batch_in_epoch)
         self._close()
         self.model.damaged = True
         path = self.runs / self.name / target_file
@@ -569,6 +572,11 @@ class Lifecycle(RuleBasedStateMachine):
         if loaded != m.step:
             assert self.reports, "the run went back without a word"
             m.truncate(loaded)
+        elif was_torn and not self.session.trainer.batch_in_epoch:
+            # The mid-epoch checkpoint is gone and the run stands at that epoch's start: the torn
+            # epoch's chunk trained nothing that survives, so undo no longer goes to its start.
+            m.truncate(loaded)
+            m.torn_chunk = None
         pending = self.session.pending
         if pending is None and m.remaining() > 0:
             assert self.reports, "pending work dropped without a word"
@@ -645,7 +653,7 @@ class Lifecycle(RuleBasedStateMachine):
                 chunk["changes"] = [{k: r[k] for k in ("cmd", "value", "mode", "at_batch", "source")} if "at_batch" in r
                                     else r for r in _changes_of(seg.chunk)]
                 fresh.finish_pending(stop_at=seg.stop, pending=Pending([chunk], "replay"))
-                assert fresh.global_step == seg.stop
+                assert fresh.global_step == seg.stop, (fresh.global_step, seg, m.segments)
             state = fresh.trainer.state_dict()
         finally:
             fresh.close("sim")
