@@ -236,6 +236,10 @@ def send(run_dir: Path, text: str, timeout: float = 90.0) -> dict[str, Any]:
         try:
             client.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
+            run_dir = Path(run_dir)
+            if not run_dir.is_dir():
+                raise ControlError(f"there is no run '{run_dir.name}' in {run_dir.parent} "
+                                   "(lrctl runs lists them; --runs-dir names another directory)") from None
             raise ControlError(f"no lrctl is running on {run_dir} (no control socket)") from None
         client.sendall(_encode({**command, "value": command["value"].text} if "value" in command else command))
         data = b""

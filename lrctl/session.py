@@ -189,8 +189,11 @@ class RunSession:
         t = self.trainer
         if t is None:
             return self.store.summary()
-        return runops.state_summary({"global_step": t.global_step, "history": t.history,
-                                     "lr": t.lr if t.runner is not None else None}, self.metric)
+        summary = runops.state_summary({"global_step": t.global_step, "history": t.history,
+                                        "lr": t.lr if t.runner is not None else None}, self.metric)
+        if t.batch_in_epoch:  # a mid-epoch checkpoint: the banner says where inside the epoch it resumes
+            summary.update(batch=t.batch_in_epoch, batches=t.batches_per_epoch)
+        return summary
 
     def save(self, keep: bool = False, replace_latest: bool = False) -> None:
         """Checkpoint now (TensorBoard events first, so the checkpoint never covers scalars not on disk).

@@ -127,7 +127,8 @@ class View(Observer):
         step = summary.get("global_step", 0)
         metric = summary.get("metric", "mse")
         last = summary.get("last") or {}
-        where = (f"at epoch {step} · train_{metric} {fmt_metric(last.get('train'))} "
+        inside = f", batch {summary['batch']} of {summary['batches']}" if summary.get("batch") else ""
+        where = (f"at epoch {step}{inside} · train_{metric} {fmt_metric(last.get('train'))} "
                  f"test_{metric} {fmt_metric(last.get('test'))} · lr {lr_now(summary)}")
         self.say(f"run '{name}' (resumed {where}) · {description} · TensorBoard: {logdir}")
 

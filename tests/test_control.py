@@ -286,3 +286,10 @@ def test_connections_are_capped_and_a_freed_slot_is_served(session):
         for client in idle:
             client.close()
         server.stop()
+
+
+def test_send_to_a_run_that_does_not_exist_says_so(tmp_path):
+    from lrctl.control import send
+
+    with pytest.raises(ControlError, match=r"there is no run 'nosuch' in .*lrctl runs lists them"):
+        send(tmp_path / "runs" / "nosuch", "status")

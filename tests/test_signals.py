@@ -253,3 +253,14 @@ def test_ctrl_c_twice_as_a_chunk_ends_returns_to_the_prompt_with_the_chunk_recor
     assert [e["event"] for e in session.store.read_journal()][-1] == "interrupted"  # the stop was recorded
     assert session.train(1, "0.03").status == "done"  # and the session goes on
     session.close()
+
+
+def test_the_banner_of_a_run_stopped_mid_epoch_names_the_batch(tmp_path):
+    """A run resumed from a mid-epoch checkpoint says where inside the epoch it stands."""
+    from tests.conftest import run_main
+
+    runs = tmp_path / "runs"
+    killed_mid_epoch(runs, PLAN)
+    batch = read_checkpoint(runs / "r" / CHECKPOINT_FILE)["mid_epoch"]["batch"]
+    result = run_main(["--run", "r", "--runs-dir", str(runs)], tmp_path, stdin="n\n")
+    assert f"resumed at epoch 1, batch {batch} of 42 ·" in result.stdout, result.stdout
