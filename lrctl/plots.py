@@ -150,7 +150,14 @@ def lr_chart(lrs: list[float], losses: list[float], marks: dict[str, float], wid
     plt = _figure()
     plt.plotsize(width, height)
     xs = [math.log10(lr) for lr in lrs]
-    plt.plot(xs, losses, marker="braille", label="loss on fixed training rows")
+    label = "loss on fixed training rows"
+    # The sweep's last steps may explode (1e20 after a divergence): drawn to scale they would flatten the
+    # whole useful curve into one line, so the chart stops at 4x where the sweep started.
+    cap = 4 * losses[0] if losses and losses[0] > 0 else math.inf
+    if any(v > cap for v in losses):
+        losses = [min(v, cap) for v in losses]
+        label += f" (clipped at {cap:.3g})"
+    plt.plot(xs, losses, marker="braille", label=label)
     for lr in marks.values():
         plt.vline(math.log10(lr))
     plt.title("loss vs lr · verticals: " + ", ".join(f"{name} {lr:.2g}" for name, lr in marks.items()))

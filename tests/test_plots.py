@@ -51,3 +51,11 @@ def test_plot_into_a_pipe_draws_a_real_lr_panel(tmp_path, capsys):
     labels = _axis_labels(bottom)
     assert len(labels) >= 4 and labels == sorted(labels, reverse=True)  # height, and labels top-down
     assert labels[0] >= 0.03 and labels[-1] == 0.0
+
+
+def test_the_find_chart_stays_readable_after_the_sweep_explodes():
+    """The last steps of a sweep may reach 1e20: the axis stops at 4x the start, not at the explosion."""
+    chart = lr_chart([1e-5, 1e-4, 1e-3, 1e-2, 1e-1], [3.0, 2.0, 1.0, 40.0, 1e20], {"suggested": 1e-3})
+    labels = _axis_labels(chart.splitlines())
+    assert labels and max(labels) <= 12 and "clipped at 12" in chart, chart
+    assert lr_chart([1e-5, 1e-4, 1e-3], [3.0, 2.0, 5.0], {"valley": 1e-4}).count("clipped") == 0
