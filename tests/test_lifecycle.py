@@ -322,8 +322,9 @@ class Lifecycle(RuleBasedStateMachine):
     def _note_torn_chunk(self) -> None:
         """The run stands inside an epoch: its chunk is the session's last one (undo goes to its start)."""
         m = self.model
-        m.torn_chunk = None
-        if self.session.trainer.batch_in_epoch:
+        if not self.session.trainer.batch_in_epoch:
+            m.torn_chunk = None
+        else:
             covering = [c for c in m.pending if c["start"] <= m.step < c["start"] + c["epochs"]]
             if covering:
                 m.torn_chunk = covering[0]
@@ -544,8 +545,9 @@ class Lifecycle(RuleBasedStateMachine):
 
     @precondition(lambda self: self.session is not None)
     @rule(target_file=st.sampled_from([CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, CHECKPOINT_META_FILE,
-                                       PENDING_FILE, JOURNAL_FILE]), how=st.sampled_from(["truncate", "delete"]))
-    def damage(self, target_file: str, how: str) -> None:
+                                       PENDING_FILE, JOURNAL_FILE]), how=st.sampled_from(["truncate", "delete"]),
+          kill_while_loading=st.one_of(st.none(), st.integers(1, 24)))
+    def damage(self, target_file: str, how: str, kill_while_loading: int | None = None) -> None:
         was_torn = bool(self.session.trainer.batch_in_epoch)
         self._close()
         self.model.damaged = True
@@ -560,7 +562,10 @@ class Lifecycle(RuleBasedStateMachine):
             path.unlink()
         else:
             path.write_bytes(path.read_bytes()[:20])
-        self._open()
+        if kill_while_loading is None:
+            self._open()
+        else:
+            self._open_killed_while_loading(kill_while_loading)
         m = self.model
         loaded = self.session.global_step
         if target_file in (CHECKPOINT_FILE, CHECKPOINT_META_FILE) and loaded != m.step:
@@ -582,6 +587,44 @@ class Lifecycle(RuleBasedStateMachine):
             assert self.reports, "pending work dropped without a word"
         m.pending = [dict(c, changes=list(c.get("changes", []))) for c in (pending.chunks if pending else [])]
         self._note_torn_chunk()
+
+    def _open_killed_while_loading(self, kill_at: int) -> None:
+        """Open a damaged run with a ``kill -9`` at the n-th durable write of its load (the fallback
+        rewrites the latest checkpoint, purges TensorBoard, rebuilds or drops work), then open it again:
+        it must end where an uninterrupted open ends (checked on a copy), and say what that one says."""
+        copy_root = Path(tempfile.mkdtemp(prefix="lrctl-sim-clean-"))
+        try:
+            shutil.copytree(self.runs, copy_root / "runs")
+            clean = RunSession.open(copy_root / "runs", self.name, self.cfg, save_every=NEVER)
+            clean.load()
+            expected = (clean.global_step, clean.trainer.batch_in_epoch,
+                        clean.pending.remaining(clean.global_step) if clean.pending else 0)
+            expected_state = copy.deepcopy(clean.trainer.state_dict())
+            expected_kept = RunStore(copy_root / "runs", self.name).kept_steps()
+            clean_reported = bool(clean.load_warnings)
+            clean.close("sim")
+        finally:
+            shutil.rmtree(copy_root, ignore_errors=True)
+        self.session = RunSession.open(self.runs, self.name, self.cfg, save_every=self.save_every,
+                                       observer=self.observer, clock=self.clock)
+        self.observer.session = self.session
+        self.faults.countdown = kill_at
+        try:
+            self.session.load()
+            self.reports = list(self.session.load_warnings)
+            self.session.load_warnings.clear()
+        except SimKill:
+            simulate_kill(self.session)
+            self.model.crashed = True
+            self._open()
+        finally:
+            self.faults.countdown = None
+        s = self.session
+        got = (s.global_step, s.trainer.batch_in_epoch, s.pending.remaining(s.global_step) if s.pending else 0)
+        assert got == expected, f"killed while loading (write {kill_at}): {got}, an uninterrupted open: {expected}"
+        assert_states_equal(expected_state, s.trainer.state_dict())
+        assert RunStore(self.runs, self.name).kept_steps() == expected_kept
+        assert self.reports or not clean_reported, "killed while loading: the next open did not say what was lost"
 
     # -- invariants -----------------------------------------------------------------------------------
     @invariant()
