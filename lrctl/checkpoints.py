@@ -202,14 +202,17 @@ class CheckpointFiles:
         kept = self.dir / KEPT_DIR
         kept.mkdir(exist_ok=True)
         target = self.kept_path(step)
+        # Made under a temporary name and renamed over the old one: a kill never leaves the epoch unkept.
+        staged = target.with_name(target.name + ".tmp")
         with contextlib.suppress(FileNotFoundError):
-            target.unlink()
+            staged.unlink()
         try:
-            os.link(self.dir / CHECKPOINT_FILE, target)
+            os.link(self.dir / CHECKPOINT_FILE, staged)
         except OSError:
             import shutil
 
-            shutil.copyfile(self.dir / CHECKPOINT_FILE, target)
+            shutil.copyfile(self.dir / CHECKPOINT_FILE, staged)
+        os.replace(staged, target)
         for old in sorted(kept.glob("step-*.pt"))[:-keep] if keep > 0 else []:
             old.unlink()
 
@@ -283,15 +286,19 @@ class CheckpointFiles:
                 self.kept_path(step).unlink()
         return removed
 
-    def drop_kept_linked_to(self, name: str) -> list[int]:
-        """Remove the kept checkpoints that are hard links of ``name`` (damaged along with it)."""
-        target, dropped = self.dir / name, []
+    def kept_linked_to(self, name: str) -> list[int]:
+        """The kept checkpoints that are hard links of ``name`` (damaged along with it)."""
+        target, linked = self.dir / name, []
         for step in self.kept_steps():
             with contextlib.suppress(OSError):
                 if target.exists() and os.path.samefile(self.kept_path(step), target):
-                    self.kept_path(step).unlink()
-                    dropped.append(step)
-        return dropped
+                    linked.append(step)
+        return linked
+
+    def drop_kept(self, steps: list[int]) -> None:
+        for step in steps:
+            with contextlib.suppress(FileNotFoundError):
+                self.kept_path(step).unlink()
 
     def kept_path(self, step: int) -> Path:
         return self.dir / KEPT_DIR / f"step-{step:08d}.pt"

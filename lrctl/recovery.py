@@ -70,13 +70,17 @@ def restore(store: RunStore, trainer: Any) -> Restored | None:
         pruned = store.prune_kept(step)
         if pruned:
             warnings.append(f"kept checkpoints of lost epochs removed: {pruned}")
-    # A damaged checkpoint file damages the kept files that are hard links of it: drop them.
+    # A damaged checkpoint file damages the kept files that are hard links of it: drop them. The one of
+    # the epoch that loaded is not dropped but replaced when the heal writes that epoch again: a kill
+    # before then leaves it to be found (and replaced) by the next open, not silently gone.
     for name, damaged in ((CHECKPOINT_FILE, not is_latest), (PREVIOUS_CHECKPOINT_FILE, bool(previous_problem))):
-        dropped = store.drop_kept_linked_to(name) if damaged else []
+        linked = store.kept_linked_to(name) if damaged else []
+        dropped = [s for s in linked if s != step]
+        store.drop_kept(dropped)
         if dropped:
             warnings.append(f"kept checkpoints damaged with {name} removed (undo and fork --at cannot use "
                             f"them): {dropped}")
-        torn += dropped
+        torn += linked
     heal = bool(loaded.warnings or meta_problem or previous_problem or pending_changed)
     return Restored(list(loaded.state.get("chunks") or []), warnings, heal, step in torn)
 

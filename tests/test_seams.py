@@ -397,3 +397,20 @@ def test_a_healed_checksum_file_vouches_for_both_checkpoints_next_time(tmp_path)
     session = open_run(runs)
     assert session.load_warnings == []  # no false "previous checkpoint damaged" after the heal
     session.close()
+
+
+def test_a_kill_while_a_damaged_run_loads_leaves_what_an_uninterrupted_load_leaves():
+    """Found by the lifecycle simulation: the load of a run whose latest checkpoint is damaged dropped
+    the kept checkpoint linked to it before writing that epoch again; a kill in between lost it (undo
+    and fork --at could no longer go to epoch 0). The simulation's rule compares with a clean open."""
+    from tests.test_lifecycle import Lifecycle
+
+    machine = Lifecycle()
+    machine.setup(checkpoint_every=0, save_every=NEVER)
+    try:
+        machine.damage(target_file=CHECKPOINT_FILE, how="truncate")
+        for kill_at in (1, 3, 6):
+            machine.damage(target_file=CHECKPOINT_FILE, how="truncate", kill_while_loading=kill_at)
+            assert RunStore(machine.runs, machine.name).kept_steps() == [0]
+    finally:
+        machine.teardown()
