@@ -242,6 +242,17 @@ class RunStore(CheckpointFiles):
         return bool(latest_missing or self.check_checkpoints()[1] or self.previous_problem() or self.meta_problem()
                     or self.pending_problem() or self.pending_file_lost())
 
+    def interrupted_undo(self) -> dict[str, Any] | None:
+        """The journal's last ``undoing`` intent when no ``undo`` (done) or ``undo_abandoned`` follows it."""
+        intent = None
+        for event in self.read_journal():
+            kind = event.get("event")
+            if kind == "undoing":
+                intent = event
+            elif kind in ("undo", "undo_abandoned"):
+                intent = None
+        return intent
+
     def pending_file_lost(self) -> bool:
         """``pending.json`` is absent, yet the journal's last command reaches past the checkpoint's epoch and
         was never dropped: work may be left, which loading rebuilds (and the first question must offer)."""

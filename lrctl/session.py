@@ -162,6 +162,8 @@ class RunSession:
             self.save(keep=True)
         elif opened is not None and opened.heal:
             self.save(keep=opened.keep_again)  # two good checkpoints and a checksum file again, first
+        if self.writes and opened is not None:
+            self._finish_interrupted_undo()
         if self.ranks.shared:  # every rank starts from rank 0's state
             state = self.ranks.synced(lambda: {"trainer": trainer.state_dict(), "chunks": self.chunks})
             if not self.writes:
@@ -365,6 +367,12 @@ class RunSession:
         target, current = self.chunks[-1]["start"], self.global_step
         self.ranks.tell({"op": "undo"})
         state = self.ranks.synced(lambda: self.store.load_kept(target))
+        # The intent first: a kill anywhere in what follows leaves an undo that the next open finishes.
+        self.store.journal("undoing", durable=True, from_step=current, to_step=target)
+        self._undo_to(state, current, target)
+        return current, target
+
+    def _undo_to(self, state: dict[str, Any], current: int, target: int) -> None:
         self.trainer.load_state_dict(state)
         self.chunks = list(state.get("chunks") or [])
         self.drop_pending("undo", complete=False)
@@ -374,7 +382,28 @@ class RunSession:
         self.save()  # twice: the fallback checkpoint is this state too, never one of the undone epochs
         self.store.journal("undo", durable=True, from_step=current, to_step=target)
         self.log_intervention(f"undo: back from epoch {current} to {target}", target)
-        return current, target
+
+    def _finish_interrupted_undo(self) -> None:
+        """An undo the process did not finish (killed after its intent was journaled): finish it now,
+        so the run is where the undo was asked to take it, never half undone."""
+        undo = self.store.interrupted_undo()
+        if undo is None:
+            return
+        asked_from, target = int(undo["from_step"]), int(undo["to_step"])
+        trainer = self.trainer
+        if trainer.global_step == target and not trainer.batch_in_epoch and self.work.current is None:
+            self.store.journal("undo", durable=True, from_step=asked_from, to_step=target)  # it got that far
+            return
+        try:
+            state = self.store.load_kept(target)
+        except RunError as e:
+            self.store.journal("undo_abandoned", durable=True, from_step=asked_from, to_step=target)
+            self.load_warnings.append(f"an undo from epoch {asked_from} to {target} was interrupted and cannot be "
+                                      f"finished ({e}); the run stays at epoch {trainer.global_step}")
+            return
+        self._undo_to(state, trainer.global_step, target)
+        self.load_warnings.append(f"an undo from epoch {asked_from} to {target} was interrupted (the process "
+                                  "ended); it is finished now")
 
     def fork(self, name: str) -> RunSession:
         """Copy this run (state, history, TensorBoard) into a new run ``name`` and continue there.

@@ -472,20 +472,46 @@ class Lifecycle(RuleBasedStateMachine):
         self._follow(self.session.finish_pending())
 
     @precondition(lambda self: self.session is not None)
-    @rule()
-    def undo(self) -> None:
+    @rule(kill_at=st.one_of(st.none(), st.integers(1, 16)))
+    def undo(self, kill_at: int | None = None) -> None:
         m = self.model
         if not m.chunk_starts:
             with pytest.raises(RunError):
                 self.session.undo()
             return
+        self.faults.countdown = kill_at
         try:
             current, target = self.session.undo()
         except RunError:
             # Its kept checkpoint went with a damaged file (a hard link of it): said at open, refused now.
             assert m.damaged and m.chunk_starts[-1] not in RunStore(self.runs, self.name).kept_steps()
             return
+        except SimKill:
+            self._after_killed_undo()
+            return
+        finally:
+            self.faults.countdown = None
         assert (current, target) == (m.step, m.chunk_starts[-1])
+        m.truncate(target)
+        m.torn_chunk = None
+        m.pending = []
+
+    def _after_killed_undo(self) -> None:
+        """A ``kill -9`` inside an undo: the next open finishes it (the run is at the chunk's start,
+        its pending work dropped as the undo asked), whatever write the kill interrupted."""
+        m = self.model
+        target = m.chunk_starts[-1]
+        began = self.faults.hit != "write journal.jsonl" or self.session.store.interrupted_undo() is not None
+        simulate_kill(self.session)
+        self.model.crashed = True
+        self.session = None
+        self._open()
+        if not began:  # killed before its intent was written: the undo never began, nothing changed
+            assert self.session.global_step == m.step and self.session.store.interrupted_undo() is None
+            return
+        assert self.session.global_step == target, (
+            f"killed inside an undo to epoch {target}: the run opened at epoch {self.session.global_step}")
+        assert self.session.pending is None
         m.truncate(target)
         m.torn_chunk = None
         m.pending = []

@@ -414,3 +414,24 @@ def test_a_kill_while_a_damaged_run_loads_leaves_what_an_uninterrupted_load_leav
             assert RunStore(machine.runs, machine.name).kept_steps() == [0]
     finally:
         machine.teardown()
+
+
+@pytest.mark.parametrize("kill_at", [2, 5, 9])
+def test_a_kill_inside_an_undo_is_finished_by_the_next_open(kill_at):
+    """Found by the lifecycle simulation's kill-inside-undo rule: a kill after the undo had dropped the
+    pending work and pruned the kept checkpoints, but before it saved, left the run at the undone epoch
+    without its work or kept checkpoints (and TensorBoard's purge written). The undo's intent is now
+    journaled first, and the next open finishes it and says so."""
+    from tests.test_lifecycle import Lifecycle
+
+    machine = Lifecycle()
+    machine.setup(checkpoint_every=0, save_every=NEVER)
+    try:
+        machine.plan(first=1, lrs=("0.03", "0.01"), second=2)
+        machine.crash(crash_at=6, epochs=2, expression="0.03")  # pending work left to drop
+        machine.undo(kill_at=kill_at)  # the rule checks the next open: at the chunk's start, no pending
+        assert machine.session.global_step == 1 and machine.session.pending is None
+        assert any("undo from epoch 3 to 1 was interrupted" in r for r in machine.reports), machine.reports
+        machine.tensorboard_shows_the_timeline()
+    finally:
+        machine.teardown()
