@@ -46,7 +46,7 @@ def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> i
     src, dst = RunStore(runs_dir, source), RunStore(runs_dir, name)
     if not src.exists:
         raise RunError(f"no run '{source}' in {runs_dir}")
-    if dst.exists or dst.dir.exists():
+    if not dst.vacant():
         raise RunError(f"run '{name}' exists already; pick another name")
     src.acquire()
     try:
@@ -58,17 +58,22 @@ def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> i
         step = int(state["global_step"])
         dst.acquire()
         try:
+            dst.remove_unfinished_copy()  # what an earlier fork into this name, killed, left
             src.copy_to(dst)
             dst.prune_kept(step)
             if at is not None:
                 for old in (PREVIOUS_CHECKPOINT_FILE, CHECKPOINT_META_FILE, CHECKPOINT_FILE):
                     (dst.dir / old).unlink(missing_ok=True)
+                state["pending"] = None  # a fork starts with no pending work (the source keeps its own)
                 dst.save_checkpoint(state, state_summary(state, cfg.metric))
+                sha = dst.save_checkpoint(state, state_summary(state, cfg.metric))  # twice: the fallback too
+                dst.journal("saved", step=step, sha=sha)  # recovery finds the fork's checkpoint in its journal
             TensorBoardLogger(dst.dir, purge_step=step, layout=run_layout(cfg.metric)).close()
             batch_dir = dst.dir / BATCH_LOGDIR
             if batch_dir.is_dir():
                 TensorBoardLogger(batch_dir, purge_step=step * _batches_per_epoch(state, cfg)).close()
             dst.journal("forked", durable=True, source=source, step=step)
+            dst.finish_copy(src)
         except BaseException:
             dst.close()
             shutil.rmtree(dst.dir, ignore_errors=True)
@@ -101,18 +106,20 @@ def read_frozen_config(store: RunStore) -> tuple[config_mod.RunConfig, str]:
 
 
 def create_run(store: RunStore, cfg: config_mod.RunConfig, origin: str,
-               chunks: list[dict[str, Any]] | None, job: dict[str, str]) -> None:
+               chunks: list[dict[str, Any]] | None, job: dict[str, str]) -> str | None:
     """Make run ``store`` exist with ``cfg``. ``chunks``: the ``--plan`` that creates it, recorded
     (pending work + journal, fsynced) before ``config.toml`` makes the run exist, so no run exists
     without it: a kill while torch loads leaves either no run or one that ``lrctl resume`` finishes."""
     from lrctl.runstore import Pending, now_iso
 
+    note = store.remove_unfinished_copy()
     store.clear_unborn()
     if chunks:  # the journal first, as every command (lrctl.work.PendingWork.record says why)
         store.journal("command", durable=True, source="plan", chunks=chunks, **job)
         store.write_pending(Pending(chunks, "plan"))
     store.write_config(config_mod.to_toml(cfg, header=f"lrctl run '{store.name}', created {now_iso()} "
                                           f"from {origin or 'the built-in lesson config'}."))
+    return note
 
 
 def settle_config(store: RunStore, cfg: config_mod.RunConfig, force_config: bool) -> config_mod.RunConfig:
@@ -147,8 +154,10 @@ def copy_for_fork(store: RunStore, name: str, step: int) -> RunStore:
         raise RunError(f"run '{name}' exists already; pick another name")
     new_store.acquire()
     try:
+        new_store.remove_unfinished_copy()  # what an earlier fork into this name, killed, left
         store.copy_to(new_store)
         new_store.journal("forked", durable=True, source=store.name, step=step)
+        new_store.finish_copy(store)
     except BaseException:
         new_store.close()
         raise

@@ -55,7 +55,8 @@ LOCK_INFO_FILE = "lock.json"
 HISTORY_DIR = ".history"
 BATCH_LOGDIR = "batch"  # the TensorBoard run of per-batch scalars (per-batch schedules' lr)
 EVENTS_PREFIX = "events.out.tfevents"
-_COPIED = (CONFIG_FILE, CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, CHECKPOINT_META_FILE, JOURNAL_FILE)
+COPYING_FILE = "copying.json"  # a fork being copied in: its config (what makes a run exist) comes last
+_COPIED = (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, CHECKPOINT_META_FILE, JOURNAL_FILE)
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
 
@@ -221,9 +222,12 @@ class RunStore(CheckpointFiles):
         atomic_write(path, json.dumps(asdict(pending)).encode())
 
     def copy_to(self, other: RunStore) -> None:
-        """Copy this run's files (config, checkpoints, journal, kept, TensorBoard) into a new run ``other``."""
+        """Copy this run's files (checkpoints, journal, kept, TensorBoard) into a new run ``other``, all
+        but its config: :meth:`finish_copy` writes that last, so a kill while copying leaves no run
+        (the next use of the name removes what was copied: :meth:`remove_unfinished_copy`)."""
         import shutil
 
+        atomic_write(other.dir / COPYING_FILE, json.dumps({"source": self.name, "since": now_iso()}).encode())
         for name in _COPIED:
             if (self.dir / name).exists():
                 shutil.copy2(self.dir / name, other.dir / name)
@@ -232,6 +236,44 @@ class RunStore(CheckpointFiles):
                 shutil.copy2(path, other.dir / path.name)
             elif path.is_dir() and path.name in (KEPT_DIR, BATCH_LOGDIR):
                 shutil.copytree(path, other.dir / path.name, dirs_exist_ok=True)
+
+    def vacant(self) -> bool:
+        """No run and nothing but what a killed start-up or fork leaves (lock files, an unfinished copy)."""
+        if self.exists:
+            return False
+        if (self.dir / COPYING_FILE).exists() or not self.dir.is_dir():
+            return True
+        return all(p.name in (LOCK_FILE, LOCK_INFO_FILE) or p.name.startswith(f".{LOCK_INFO_FILE}.")
+                   for p in self.dir.iterdir())
+
+    def finish_copy(self, source: RunStore) -> None:
+        """The copy's last step: ``source``'s config makes this run exist (atomically), then the marker goes."""
+        self.write_config(source.read_config_text())
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / COPYING_FILE).unlink()
+
+    def remove_unfinished_copy(self) -> str | None:
+        """A fork killed while copying into this name left files but no config: remove them (the source
+        run is whole) and say so; None when there was none."""
+        marker = self.dir / COPYING_FILE
+        if self.exists or not marker.exists():
+            return None
+        import shutil
+
+        try:
+            source = json.loads(marker.read_text()).get("source", "?")
+        except (OSError, ValueError):
+            source = "?"
+        for path in self.dir.iterdir():
+            if path.name in (LOCK_FILE, LOCK_INFO_FILE, COPYING_FILE):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
+        return (f"a fork of run '{source}' into '{self.name}' was interrupted before it finished; "
+                "its partial copy was removed")
 
     def damage_seen_without_torch(self) -> bool:
         """Whether opening this run will fall back, rebuild or warn (then it is loaded before any question):

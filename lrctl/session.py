@@ -115,7 +115,8 @@ class RunSession:
         note = store.acquire()
         try:
             if is_new:
-                runops.create_run(store, cfg, config_origin, chunks, for_group(group).job)
+                removed = runops.create_run(store, cfg, config_origin, chunks, for_group(group).job)
+                note = "; ".join(n for n in (note, removed) if n) or None
             else:
                 cfg = runops.settle_config(store, cfg, force_config)
         except BaseException:

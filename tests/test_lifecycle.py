@@ -111,6 +111,20 @@ def simulate_kill(session: RunSession) -> None:
         session.store._lock = None
 
 
+def release_locks_of_killed_process(root: Path) -> None:
+    """The kernel releases every lock a killed process held: run stores the kill left open in this one."""
+    import gc
+
+    for obj in gc.get_objects():
+        if isinstance(obj, RunStore) and obj._lock is not None and str(obj.dir).startswith(str(root)):
+            if obj._journal is not None:
+                with contextlib.suppress(OSError):
+                    os.close(obj._journal.fileno())
+                obj._journal = None
+            obj._lock.release(force=True)
+            obj._lock = None
+
+
 # -- the reference model ------------------------------------------------------------------------------
 @dataclass
 class Segment:
@@ -517,22 +531,42 @@ class Lifecycle(RuleBasedStateMachine):
         m.pending = []
 
     @precondition(lambda self: self.session is not None)
-    @rule()
-    def fork(self) -> None:
+    @rule(kill_at=st.one_of(st.none(), st.integers(1, 14)))
+    def fork(self, kill_at: int | None = None) -> None:
         self.forks += 1
         new = f"f{self.forks}"
         old = self.name
-        self.session = self.session.fork(new)
-        self.observer.session = self.session
         source = self.models[old]
         source.boundaries.add(source.step)
+        self.faults.countdown = kill_at
+        try:
+            self.session = self.session.fork(new)
+        except SimKill:
+            # Killed while forking: the new run is whole or absent (its name free again); the source is intact.
+            simulate_kill(self.session)
+            release_locks_of_killed_process(self.root)
+            source.crashed = True
+            self.session = None
+            if not RunStore(self.runs, new).exists:
+                self._open()
+                self.session = self.session.fork(new)  # the partial copy is removed, the fork made anew
+            else:
+                self.name = new
+                self.models[new] = source.clone()
+                self.models[new].pending = []
+                self._open()
+                self._note_torn_chunk()
+                return
+        finally:
+            self.faults.countdown = None
+        self.observer.session = self.session
         self.models[new] = source.clone()
         self.models[new].pending = []
         self.name = new
 
     @precondition(lambda self: self.session is not None)
-    @rule(pick=st.integers(0, 100))
-    def fork_at(self, pick: int) -> None:
+    @rule(pick=st.integers(0, 100), kill_at=st.one_of(st.none(), st.integers(1, 14)))
+    def fork_at(self, pick: int, kill_at: int | None = None) -> None:
         from lrctl.runops import fork_run
 
         self._close()
@@ -540,7 +574,14 @@ class Lifecycle(RuleBasedStateMachine):
         at = kept[pick % len(kept)]
         self.forks += 1
         new = f"f{self.forks}"
-        step = fork_run(self.runs, self.name, new, at)
+        self.faults.countdown = kill_at
+        try:
+            step = fork_run(self.runs, self.name, new, at)
+        except SimKill:
+            release_locks_of_killed_process(self.root)
+            step = at if RunStore(self.runs, new).exists else fork_run(self.runs, self.name, new, at)
+        finally:
+            self.faults.countdown = None
         assert step == at
         model = self.model.clone()
         model.truncate(at)

@@ -435,3 +435,59 @@ def test_a_kill_inside_an_undo_is_finished_by_the_next_open(kill_at):
         machine.tensorboard_shows_the_timeline()
     finally:
         machine.teardown()
+
+
+def test_a_fork_at_a_kept_epoch_opens_without_a_word_of_damage(tmp_path):
+    """``fork --at`` wrote one checkpoint file and kept the source's pending copy in it: the fork then
+    opened saying its fallback checkpoint was missing and that pending work was dropped."""
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.run_plan(requests([(1, "0.03"), (2, "0.01")]))
+    session.close()
+    assert fork_run(runs, "r", "f", 1) == 1
+    fork = open_run(runs, "f")
+    assert fork.load_warnings == [] and fork.pending is None and fork.global_step == 1
+    fork.close()
+
+
+def test_a_fork_killed_while_copying_leaves_no_run_and_its_name_free(tmp_path):
+    """A kill while a fork copies leaves files but no config: no run is listed under that name, a new
+    fork into it works, and a new run of that name removes the partial copy and says so."""
+    from lrctl.runops import copy_for_fork
+
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.train(2, "0.03")
+    def kill_after_the_checkpoints_are_copied(name: str) -> None:
+        if name.startswith("write journal"):  # the fork's "forked" line: its files are copied by then
+            raise SimKill(name)
+
+    _faults.install(kill_after_the_checkpoints_are_copied)
+    try:
+        with pytest.raises(SimKill):
+            copy_for_fork(session.store, "f", session.global_step)
+    finally:
+        _faults.install(None)
+    partial = RunStore(runs, "f")
+    assert not partial.exists and (partial.dir / CHECKPOINT_FILE).exists()
+    assert "f" not in {r.name for r in list_runs(runs)}
+    session.close()
+    assert fork_run(runs, "r", "f", 2) == 2  # the partial copy is replaced
+    fresh = open_run(runs, "f")
+    assert fresh.global_step == 2 and fresh.load_warnings == []
+    fresh.close()
+
+
+def test_a_new_run_in_a_partial_forks_directory_says_it_removed_the_copy(tmp_path):
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.close()
+    source, partial = RunStore(runs, "r"), RunStore(runs, "f")
+    partial.acquire()
+    source.copy_to(partial)  # and then the kill: no config.toml
+    partial.close()
+    new = RunSession.open(runs, "f", small())
+    assert new.is_new and any("fork of run 'r' into 'f' was interrupted" in w for w in new.load_warnings)
+    new.load()
+    assert new.global_step == 0 and RunStore(runs, "f").kept_steps() == [0]
+    new.close()
