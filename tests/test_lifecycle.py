@@ -1,8 +1,8 @@
 """The run lifecycle, simulated: random sequences of what users do to a run, against a reference model.
 
 A Hypothesis state machine opens, trains, steers, interrupts, undoes, forks, crashes (a simulated
-``kill -9`` at a random durable write), damages and resumes runs in-process, and after every step
-checks the promises lrctl makes:
+``kill -9`` at a random durable write: inside a chunk, an undo, a fork, or the load of a damaged run),
+damages and resumes runs in-process, and after every step checks the promises lrctl makes:
 
 1. TensorBoard shows the run's timeline: every epoch once with its surviving values, read by both of
    TensorBoard's loaders (``EventAccumulator`` and the multiplexer ``lrctl tb`` serves).
@@ -11,6 +11,9 @@ checks the promises lrctl makes:
 4. Pending work is never silently lost: it is finished exactly, or dropped with a message naming it.
 5. Every fallback or refusal is reported when the run is opened.
 6. After a live ``set`` to a constant lr, every later batch of the chunk trains at that lr.
+7. A kill inside an operation leaves the run before it or after it, never between: an undo is finished
+   by the next open, a fork's new run is whole or absent (its name free), a load killed half-way ends,
+   at the next open, where an uninterrupted load ends.
 
 Profiles: ``ci`` (default, bounded for the suite's time) and ``long`` (thousands of steps):
 ``LRCTL_SIM_PROFILE=long pytest tests/test_lifecycle.py``.
