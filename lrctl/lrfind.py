@@ -112,7 +112,7 @@ class RangeTest:
             lead = f"cannot tell: {self.cannot_tell}\n{lead}"
         winner = min(self.trials, key=lambda t: t.loss)
         text = (f"{lead} · {_trials_text(self)}; {winner.lr:.2g} trained best over {TRIAL_EPOCHS} epochs, and over "
-                f"more a lr a rung below catches up with less step noise")
+                "more epochs the lr a rung below catches up with less step noise")
         extra = [line for line in (self.flat and f"the sweep: {self.flat}", self.note) if line]
         return "\n".join([text, *extra])
 

@@ -14,7 +14,8 @@ and its score is that final metric's distance from the grid's best (``+4%`` = 4%
 better than every grid point). The finders:
 
 - **lrctl**: :func:`lrctl.lrfind.range_test` with its defaults, exactly as ``lrctl find-lr`` runs it
-  (a sweep, then two 2-epoch trials);
+  (a sweep, then a ladder of 2-epoch trials). Where it says it cannot tell (and why), its row says so and
+  is counted apart; the lr it still gives there (the safe end of its band) is scored all the same;
 - **fastai valley** and **fastai steep**: fastai's ``lr_find`` (100 iterations from 1e-7 to 10, the
   loss of each batch smoothed with beta 0.98, stop when it passes 4x its best, the first 10% and the
   last 5 points trimmed), then ``valley`` (two thirds of the way down the longest decreasing stretch) and
