@@ -35,13 +35,17 @@ which lr trains best over the next epochs. Here:
    noise and no late instability. Measured over ten epochs from the same states (``lrctl.lrtruth``),
    the best constant lr is about half the two-epoch best on every workload (0.3x..0.7x); ranking the
    trials by their extrapolated curves, by their trend over the last epoch, or by how often their
-   steps push the loss up did worse (see the README).
-4. **Cannot tell**: when the trial at the suggestion still jumps by more than :data:`NOISY` of its loss
-   between its last steps, where ten epochs end there is decided by which batches come last more than by
-   the lr (on ``custom-factory`` the 10-epoch MSE at one lr varies 4x with the batch order); the finder
-   says so in ``cannot_tell`` and keeps the suggestion as the band's safe (lower) end.
+   steps push the loss up, or running them for one or one and a half epochs, did worse (README).
+   When the sweep's loss stayed under its start well above every trial, one more trial (:func:`scout`)
+   goes up there: a sweep's lowest point can be a plateau that more steps at a larger lr leave.
+4. **Cannot tell**: the finder says so in ``cannot_tell``, and why, and keeps the suggestion as the
+   band's safe (lower) end, when the trial at the suggestion still jumps by more than :data:`NOISY` of
+   its loss between its last steps (where ten epochs end there is decided by which batches come last
+   more than by the lr: on ``custom-factory`` the 10-epoch MSE at one lr varies 4x with the batch
+   order), or when the trials did not bracket the two-epoch best (still improving at the top or the
+   bottom of the ladder, or the scout trained better: a plateau).
 
-A sweep of up to 50 steps plus three trials (occasionally four or five) costs about ten epochs of the run.
+A sweep of up to 50 steps plus three or four trials costs about nine to thirteen epochs of the run.
 
 ``python -m lrctl.lrtruth`` scores this against the lr that actually trains best over 10 epochs (a grid
 of constant-lr runs from the same state) and against fastai's and Lightning's rules.
