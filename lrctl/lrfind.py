@@ -95,9 +95,10 @@ class RangeTest:
     knee: float  # the first lr where it has made KNEE of its drop
     flat: str | None  # the sweep's plain statement when its loss moved less than it can tell, else None
     stopped_early: bool
-    note: str | None = None  # which way a better lr may lie
+    note: str | None = None  # that a larger lr may do as well (the best trial was at the range's end)
     trials: list[Trial] = field(default_factory=list)
-    cannot_tell: str | None = None  # why ten epochs at the band's lrs are a lottery, when they are
+    cannot_tell: str | None = None  # why it cannot tell (a lottery, or no bracket); then the suggestion is
+    # only the band's safe (lower) end
 
     def marks(self) -> dict[str, float]:
         """The lrs a chart marks: the suggestion and its band, or the flat range."""
