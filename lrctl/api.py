@@ -334,7 +334,8 @@ class Run:
 
     def find_lr(self, start: float = 1e-5, end: float = 1.0, batches: int | None = None) -> float | None:
         """The lr range test from the current state (the run is not changed); shows the chart and returns
-        the suggested lr, or None when the sweep cannot tell (it says why)."""
+        the suggested lr (where it cannot tell, it says why and this is the safe end of its band), or None
+        when the whole swept range is flat (it says so)."""
         from lrctl.lrfind import log_sweep, range_test
         from lrctl.plots import lr_chart
 

@@ -104,15 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--batches-per-epoch", type=int, default=14,
                           help="batches per epoch, for per-batch schedules (cyclic, onecycle; default 14, the "
                                "lesson's)")
-    find = sub.add_parser("find-lr", help="lr range test (a sweep, then two 2-epoch trials) from a run's current "
-                          "state; the run is not changed")
+    find = sub.add_parser("find-lr", help="lr range test (a sweep, then a ladder of 2-epoch trials) from a run's "
+                          "current state; the run is not changed")
     find.add_argument("--run", default="default", help="the run whose current state is swept (default 'default')")
     find.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
     find.add_argument("--start", type=float, default=1e-5, help="the sweep's first lr (default 1e-5)")
     find.add_argument("--end", type=float, default=1.0, help="the sweep's last lr (default 1)")
     find.add_argument("--batches", type=int, default=None,
                       help="steps in the sweep, the lr growing geometrically from --start to --end "
-                           "(default 100, or 5 epochs' worth when an epoch is shorter)")
+                           "(default 50, or 4 epochs' worth when an epoch is shorter)")
     plot = sub.add_parser("plot", help="train/test metric and lr of runs against the global epoch")
     plot.add_argument("runs", nargs="+", help="run names (a compare run: GROUP/RUN)")
     plot.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)

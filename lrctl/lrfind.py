@@ -1,8 +1,8 @@
-"""The learning-rate range test: sweep the lr from the current state, try a few lrs for real, suggest.
+"""The learning-rate range test: sweep the lr from the current state, try a ladder of lrs for real, suggest.
 
 ::
 
-    $ lrctl find-lr --run demo                          # a sweep 1e-5..1, then two 2-epoch trials
+    $ lrctl find-lr --run demo                          # a sweep 1e-5..1, then 2-epoch trials on a ladder
     $ lrctl find-lr --run demo --start 1e-6 --end 1 --batches 200
     Learning rate: find start=1e-6 end=1 batches=200    # the same at the prompt
 
@@ -21,23 +21,31 @@ which lr trains best over the next epochs. Here:
    as the run's own train metric is), so two points differ only by what the steps did. ``best`` is
    where that (median-filtered) loss is lowest, ``knee`` the first lr where it has made :data:`KNEE`
    of its drop. When the loss moves less than the sweep can tell (:data:`FLAT` of itself, or three
-   times its step-to-step scatter) it names no lr and says so.
-2. **Trials**: from the run's state, :data:`TRIAL_EPOCHS` epochs at a constant lr over the run's own
-   next batches (the orders its next epochs will take), at ``knee`` and at ``knee`` times :data:`STEP`
-   (0.46x). They start from the knee, not from ``best``: where the lowest point falls is decided by the
-   last few noisy steps before the loss explodes (on ``diabetes`` it moves from 0.24 to 0.79 with the
-   batch order), while the knee sits on the steep part of the curve and moves much less (0.24..0.39).
-   Each trial is measured on the same rows after each of its last :data:`LAST` steps: their mean is its
-   loss, half their range its scatter. The band is the trial whose loss is lowest and every trial that ends
-   within the two trials' scatter of it (the trials cannot tell them apart); the suggestion is the
-   lowest lr of the band: two epochs favour a large lr, and over more epochs a lower one catches up
-   with less step noise and no late instability.
+   times its step-to-step scatter) it says so, and the trials start at the top of the flat range (where
+   the loss starts to rise); when the whole range is flat it names no lr.
+2. **Trials on a ladder**: from the run's state, :data:`TRIAL_EPOCHS` epochs at a constant lr over the
+   run's own next batches (the orders its next epochs will take), first at the geometric middle of
+   ``knee`` and ``best``, then one rung (:data:`STEP`, a third of a decade) below; then on down, or up,
+   one rung at a time while the loss keeps improving (at most :data:`MAX_TRIALS`): the ladder brackets
+   the lr that trains best over two epochs. Each trial is measured on the same rows after each of its
+   last :data:`LAST` steps: their mean is its loss, half their range its scatter.
+3. **Horizon**: the suggestion is one rung *below* the two-epoch winner (a trial already run, as the
+   ladder brackets the winner). Two epochs favour a large lr, which has reached its floor by then while
+   a lower one is still falling; over ten epochs the lower one catches up and passes it with less step
+   noise and no late instability. Measured over ten epochs from the same states (``lrctl.lrtruth``),
+   the best constant lr is about half the two-epoch best on every workload (0.3x..0.7x); ranking the
+   trials by their extrapolated curves, by their trend over the last epoch, or by how often their
+   steps push the loss up, or running them for one or one and a half epochs, did worse (README).
+   When the sweep's loss stayed under its start well above every trial, one more trial (:func:`scout`)
+   goes up there: a sweep's lowest point can be a plateau that more steps at a larger lr leave.
+4. **Cannot tell**: the finder says so in ``cannot_tell``, and why, and keeps the suggestion as the
+   band's safe (lower) end, when the trial at the suggestion still jumps by more than :data:`NOISY` of
+   its loss between its last steps (where ten epochs end there is decided by which batches come last
+   more than by the lr: on ``custom-factory`` the 10-epoch MSE at one lr varies 4x with the batch
+   order), or when the trials did not bracket the two-epoch best (still improving at the top or the
+   bottom of the ladder, or the scout trained better: a plateau).
 
-Why trials: the lr that trains best over ten epochs is not where one pass at a growing lr stops
-improving, and its distance below that point differs by workload (about 0.5x on the lesson, 0.1x on
-``diabetes``); two epochs at a constant lr see what the next epochs will do, at two lrs. A sweep plus
-two trials costs about ten to fourteen epochs of the run (about twelve). Two epochs are still a short
-horizon: they favour a larger lr than ten epochs do where a large lr turns unstable only later.
+A sweep of up to 50 steps plus three or four trials costs about nine to thirteen epochs of the run.
 
 ``python -m lrctl.lrtruth`` scores this against the lr that actually trains best over 10 epochs (a grid
 of constant-lr runs from the same state) and against fastai's and Lightning's rules.
@@ -48,6 +56,7 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lrctl.engine import Trainer
@@ -56,8 +65,10 @@ EVAL_ROWS = 2048  # rows of the training set the loss is measured on after every
 FLAT = 0.02  # a sweep whose loss moves less than 2% of the starting loss cannot tell lrs apart
 TRIAL_EPOCHS = 2  # each candidate lr trains this many epochs from the run's state
 KNEE = 0.9  # the knee: the first lr of the sweep where the loss has made this fraction of its drop
-STEP = 10 ** (-1 / 3)  # the trials' lrs: ``knee`` and ``knee`` times STEP (a third of a decade below)
+STEP = 10 ** (-1 / 3)  # one rung of the trials' ladder: a third of a decade
+MAX_TRIALS = 4  # the ladder stops here even if the loss is still improving (then it cannot tell)
 LAST = 5  # a trial is measured after each of its last LAST steps
+NOISY = 0.15  # the suggestion's trial jumps by more than this fraction of its loss: the finder cannot tell
 
 
 @dataclass
@@ -66,7 +77,7 @@ class Trial:
 
     lr: float
     loss: float  # the mean of the last LAST measurements (inf when the trial diverged)
-    noise: float = 0.0  # half their range: how far apart two trials may end by chance
+    noise: float = 0.0  # half their range: how far the loss jumps between the last steps
 
 
 @dataclass
@@ -77,15 +88,17 @@ class RangeTest:
     lrs: list[float]
     losses: list[float]
     start_loss: float
-    suggestion: float | None  # None when the finder cannot tell (then ``flat`` says why)
-    low: float  # the band: lrs as good as the suggestion, as far as the finder can tell
+    suggestion: float | None  # None only when the whole swept range is flat (then ``flat`` says why)
+    low: float  # the band: from the suggestion up to the lr that trained best over two epochs
     high: float
     best: float  # the lr where the loss measured along the sweep is lowest
-    knee: float  # the first lr where it has made KNEE of its drop: the trials start here
-    flat: str | None  # the plain statement when the finder cannot tell, else None
+    knee: float  # the first lr where it has made KNEE of its drop
+    flat: str | None  # the sweep's plain statement when its loss moved less than it can tell, else None
     stopped_early: bool
-    note: str | None = None  # which way a better lr may lie, or that the trials cannot tell theirs apart
+    note: str | None = None  # that a larger lr may do as well (the best trial was at the range's end)
     trials: list[Trial] = field(default_factory=list)
+    cannot_tell: str | None = None  # why it cannot tell (a lottery, or no bracket); then the suggestion is
+    # only the band's safe (lower) end
 
     def marks(self) -> dict[str, float]:
         """The lrs a chart marks: the suggestion and its band, or the flat range."""
@@ -93,17 +106,20 @@ class RangeTest:
             return {"flat from": self.low, "to": self.high}
         if self.low == self.high:
             return {"suggested": self.suggestion}
-        return {"suggested": self.suggestion, "band": self.low, "to": self.high}
+        return {"suggested": self.suggestion, "2-epoch best": self.high}
 
     def summary(self) -> str:
-        """What the finder says, in one to three lines."""
+        """What the finder says, in one to four lines."""
         if self.suggestion is None:
             return f"no suggestion: {self.flat}"
-        band = f" (band {self.low:.2g}..{self.high:.2g})" if self.low < self.high else ""
-        text = (f"suggested lr: {self.suggestion:.3g}{band} · {_trials_text(self)}"
-                f"; the trials start at {self.knee:.2g}, where one pass of the sweep made {KNEE:.0%} of its drop "
-                f"({self.start_loss:.4g} -> {min(_median_filter(self.losses)):.4g} at {self.best:.2g})")
-        return text + (f"\n{self.note}" if self.note else "")
+        lead = f"suggested lr: {self.suggestion:.3g}" + (", only as the safe end" if self.cannot_tell else "")
+        if self.cannot_tell:
+            lead = f"cannot tell: {self.cannot_tell}\n{lead}"
+        winner = min(self.trials, key=lambda t: t.loss)
+        text = (f"{lead} · {_trials_text(self)}; {winner.lr:.2g} trained best over {TRIAL_EPOCHS} epochs, and over "
+                "more epochs the lr a rung below catches up with less step noise")
+        extra = [line for line in (self.flat and f"the sweep: {self.flat}", self.note) if line]
+        return "\n".join([text, *extra])
 
 
 def _trials_text(result: RangeTest) -> str:
@@ -141,30 +157,92 @@ def read_sweep(lrs: list[float], losses: list[float], start_loss: float) -> tupl
     return lrs[best], lrs[best], statement, lrs[top]
 
 
-def suggest(lrs: list[float], losses: list[float], start_loss: float, trials: list[Trial],
-            stopped_early: bool = False) -> RangeTest:
-    """What a measured sweep and its trials say; pure, so it is tested on made-up numbers too."""
+def first_trial(lrs: list[float], losses: list[float], start_loss: float) -> float | None:
+    """Where the ladder starts: between the knee and the sweep's lowest point (geometric middle), or at the
+    top of a flat range; None when the whole range is flat (no lr above it was seen to hurt); pure."""
     best, knee, flat, top = read_sweep(lrs, losses, start_loss)
-    if flat is not None:
-        return RangeTest(lrs, losses, start_loss, None, lrs[0], top, best, knee, flat, stopped_early, trials=trials)
+    if flat is None:
+        return math.sqrt(best * knee)
+    return None if top == lrs[-1] else top
+
+
+def ladder(start: float, trial: Callable[[float], Trial], end: float = math.inf,
+           max_trials: int = MAX_TRIALS) -> list[Trial]:
+    """Trials at ``start`` and a rung below, then on down (or up) one rung at a time while the loss
+    improves, never above ``end``: the trials bracket the lr that trains best over TRIAL_EPOCHS."""
+    trials = [trial(start), trial(start * STEP)]
+    down = trials[1].loss < trials[0].loss or math.isinf(trials[0].loss)
+    last = trials[1] if down else trials[0]
+    while len(trials) < max_trials:
+        lr = last.lr * STEP if down else last.lr / STEP
+        if lr > end * (1 + 1e-9):
+            break
+        trials.append(trial(lr))
+        if not (trials[-1].loss < last.loss or (down and math.isinf(last.loss))):
+            break
+        last = trials[-1]
+    return trials
+
+
+def scout(lrs: list[float], losses: list[float], start_loss: float, trials: list[Trial]) -> float | None:
+    """One more trial two rungs below the largest lr at which the sweep's loss was still under its start,
+    when that is more than a rung above every trial; else None; pure. A sweep's lowest point can be a
+    plateau that a few steps at a growing lr reach and more steps at a larger lr leave (Adam on
+    ``custom-factory``: 0.002, where ten epochs want about 0.05): one trial up there shows it."""
+    curve = _median_filter(losses)
+    under = [lr for lr, v in zip(lrs, curve, strict=True) if v < start_loss]
+    if not under:
+        return None
+    up = max(under) * STEP * STEP
+    return up if up > max(t.lr for t in trials) / STEP * 1.01 else None
+
+
+def suggest(lrs: list[float], losses: list[float], start_loss: float, trials: list[Trial],
+            stopped_early: bool = False, end: float = math.inf) -> RangeTest:
+    """What a measured sweep and its trials (a :func:`ladder`, at most ``end``) say; pure, so it is tested
+    on made-up numbers too."""
+    best, knee, flat, top = read_sweep(lrs, losses, start_loss)
+    if not trials:
+        return RangeTest(lrs, losses, start_loss, None, lrs[0], top, best, knee, flat, stopped_early)
     trials = sorted(trials, key=lambda t: -t.lr)
     winner = min(trials, key=lambda t: t.loss)
     if math.isinf(winner.loss):
         raise ValueError(f"every trial diverged ({trials[-1].lr:.2g}..{trials[0].lr:.2g}): try a lower end")
-    # Trials that end within their noise of the lowest: the trials cannot tell these lrs apart.
-    near = [t.lr for t in trials if t.loss <= winner.loss + winner.noise + t.noise]
-    # Among lrs the trials cannot tell apart, the lowest: over more epochs than the trials' a lower lr
-    # catches up, with less step noise and no late instability (two epochs favour a large lr).
-    result = RangeTest(lrs, losses, start_loss, min(near), min(near), max(near), best, knee, None, stopped_early,
+    # One rung below the two-epoch winner: over ten epochs the best constant lr is about that (lrtruth).
+    below = [t for t in trials if winner.lr * STEP * 0.99 <= t.lr < winner.lr]
+    pick = below[0] if below else None
+    suggestion = pick.lr if pick else winner.lr * STEP
+    result = RangeTest(lrs, losses, start_loss, suggestion, suggestion, winner.lr, best, knee, flat, stopped_early,
                        trials=trials)
-    if len(near) > 1:
-        result.note = (f"the trials cannot tell {min(near):.2g} from {max(near):.2g} after {TRIAL_EPOCHS} epochs "
-                       "(each ends within the other's step-to-step scatter): the lower is the safer over more epochs")
-    elif winner is trials[0]:
-        result.note = (f"the larger lr trained best: a larger one may do as well over {TRIAL_EPOCHS} epochs (the "
-                       f"sweep's loss was lowest at {best:.2g}), though over more epochs a large lr may turn unstable")
-    elif winner is trials[-1]:
-        result.note = "the lowest lr tried trained best: a lower one may do better still"
+    at_end = winner.lr / STEP > end * (1 + 1e-9)  # the next rung up is past the range asked for
+    above = [t for t in trials if winner.lr < t.lr <= winner.lr / STEP * 1.01]
+    if not above and not at_end:
+        lower = [t for t in trials if t.lr < winner.lr]
+        result.cannot_tell = (
+            (f"a trial at {winner.lr:.2g}, near the top of the sweep's usable range, trained better over "
+             f"{TRIAL_EPOCHS} epochs than the ladder around the sweep's lowest point ({best:.2g}): that point is a "
+             "plateau, and the lr that trains best lies at or above "
+             f"{winner.lr:.2g}, where the finder has no bracket" if lower and winner.lr > lower[0].lr / STEP ** 2
+             else f"the {len(trials)} trials were still improving at the largest lr tried ({winner.lr:.2g}): the lr "
+             f"that trains best lies above them")
+            + f"; {suggestion:.2g} is only a safe lower end")
+        return result
+    if not below:
+        result.cannot_tell = (f"the {len(trials)} trials were still improving at the lowest lr tried "
+                              f"({winner.lr:.2g}): the lr that trains best lies below them; {suggestion:.2g}, a rung "
+                              "lower, was not tried")
+        return result
+    assert pick is not None  # bracketed below (else returned above)
+    judged = pick  # the trial at the suggestion: its step noise says how much ten epochs there owe to luck
+    jump = judged.noise / judged.loss if judged.loss > 0 else 0.0
+    if jump > NOISY:
+        result.cannot_tell = (
+            f"between {suggestion:.2g} and {winner.lr:.2g} where ten epochs end depends on the batch order more "
+            f"than on the lr: at {judged.lr:.2g} the loss still jumps by ±{jump:.0%} between the last steps of "
+            f"{TRIAL_EPOCHS} epochs (which batches come last decides it); the lower end is the safer")
+    elif at_end:
+        result.note = (f"the largest lr tried ({winner.lr:.2g}, the end of the range) trained best over "
+                       f"{TRIAL_EPOCHS} epochs: a larger one may do as well (find end=... to try above)")
     return result
 
 
@@ -267,9 +345,10 @@ def sweep(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int 
 
 
 def default_batches(trainer: Trainer) -> int:
-    """100 steps, or five epochs' worth when an epoch is shorter than 20 batches (with a measurement after
-    every step the sweep costs about seven epochs; the two trials about four)."""
-    return max(20, min(100, 5 * trainer.batches_per_epoch))
+    """50 steps, or four epochs' worth when an epoch is shorter than 13 batches (at least 20): enough to
+    place the ladder's first trial, which the trials then correct (a 100-step sweep placed it no better;
+    with a measurement after every step the sweep costs about four to six epochs, the trials about six)."""
+    return max(20, min(50, 4 * trainer.batches_per_epoch))
 
 
 def step_at(trainer: Trainer, lr: float, x, y):
@@ -280,7 +359,7 @@ def step_at(trainer: Trainer, lr: float, x, y):
 
 def range_test(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int | None = None,
                diverge: float = 4.0) -> RangeTest:
-    """Sweep, try the candidates, restore, suggest. ``batches`` defaults to :func:`default_batches`."""
+    """Sweep, climb the ladder of trials, restore, suggest. ``batches`` defaults to :func:`default_batches`."""
     probe = _Probe(trainer)
     try:
         start_loss = probe.start_loss
@@ -289,13 +368,13 @@ def range_test(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches:
         lrs, losses = [lrs[i] for i in keep], [losses[i] for i in keep]
         if len(lrs) < 5:
             raise ValueError("the loss exploded at once: try a lower start (find-lr --start, or find start=...)")
-        _, knee, flat, _ = read_sweep(lrs, losses, start_loss)
-        trials: list[Trial] = []
-        if flat is None:
-            trials = [probe.trial(knee), probe.trial(knee * STEP)]
+        first = first_trial(lrs, losses, start_loss)
+        trials = [] if first is None else ladder(min(first, end), probe.trial, end)
+        if trials and (up := scout(lrs, losses, start_loss, trials)) is not None:
+            trials.append(probe.trial(up))
     finally:
         probe.restore()
-    return suggest(lrs, losses, start_loss, trials, stopped)
+    return suggest(lrs, losses, start_loss, trials, stopped, end)
 
 
 def log_sweep(runs_dir, run: str, epoch: int, result: RangeTest):

@@ -14,7 +14,8 @@ and its score is that final metric's distance from the grid's best (``+4%`` = 4%
 better than every grid point). The finders:
 
 - **lrctl**: :func:`lrctl.lrfind.range_test` with its defaults, exactly as ``lrctl find-lr`` runs it
-  (a sweep, then two 2-epoch trials);
+  (a sweep, then a ladder of 2-epoch trials). Where it says it cannot tell (and why), its row says so and
+  is counted apart; the lr it still gives there (the safe end of its band) is scored all the same;
 - **fastai valley** and **fastai steep**: fastai's ``lr_find`` (100 iterations from 1e-7 to 10, the
   loss of each batch smoothed with beta 0.98, stop when it passes 4x its best, the first 10% and the
   last 5 points trimmed), then ``valley`` (two thirds of the way down the longest decreasing stretch) and
@@ -156,8 +157,8 @@ class Row:
     start: float  # the metric before the K epochs
     best_lr: float
     best: float
-    scores: dict[str, tuple[float | None, float]]  # finder -> (lr or None when it cannot tell, gap)
-    lrctl_note: str | None
+    scores: dict[str, tuple[float | None, float]]  # finder -> (lr or None when it names none, gap)
+    lrctl_note: str | None  # lrctl's "cannot tell" and why (then its lr is the band's safe end), else None
     lrctl_epochs: float  # what lrctl's finder cost, in epochs of this run
 
 
@@ -214,13 +215,15 @@ def measure(workload: Workload, say: Callable[[str], None] = lambda _: None, shi
     for name, lr in suggestions.items():
         scores[name] = (lr, gap(cfg.metric, train_final(trainer, state, lr), best) if lr is not None else math.nan)
     name = workload.name + (f", batch orders +{shift}" if shift else "") + (f", model.seed={seed}" if seed else "")
-    return Row(name, cfg.metric, start, best_lr, best, scores, found.flat, lrctl_epochs)
+    cannot = found.cannot_tell or (found.flat if found.suggestion is None else None)
+    return Row(name, cfg.metric, start, best_lr, best, scores, cannot, lrctl_epochs)
 
 
-def _cell(lr: float | None, g: float) -> str:
+def _cell(lr: float | None, g: float, cannot: bool = False) -> str:
     if lr is None:
         return "cannot tell"
-    return f"{lr:.2g} ({'diverged' if math.isinf(g) else f'{g:+.0%}'})"
+    scored = f"{lr:.2g} ({'diverged' if math.isinf(g) else f'{g:+.0%}'})"
+    return f"cannot tell; safe end {scored}" if cannot else scored
 
 
 def table(rows: list[Row]) -> str:
@@ -230,16 +233,23 @@ def table(rows: list[Row]) -> str:
              + " | lrctl's cost |", "| --- " * (len(finders) + 3) + "|"]
     for r in rows:
         lines.append(f"| {r.workload} ({r.metric}, {r.start:.3g} before) | {r.best_lr:.2g}: {r.best:.4g} | "
-                     + " | ".join(_cell(*r.scores[f]) for f in finders) + f" | {r.lrctl_epochs:.1f} epochs |")
+                     + " | ".join(_cell(*r.scores[f], f == "lrctl" and r.lrctl_note is not None) for f in finders)
+                     + f" | {r.lrctl_epochs:.1f} epochs |")
     return "\n".join(lines)
 
 
 def verdict(rows: list[Row]) -> str:
-    """How many states each finder passes (within 10% of the grid's best; lrctl: or says it cannot tell)."""
-    counts = {f: sum(lr is None or g <= PASS for lr, g in (r.scores[f] for r in rows)) for f in rows[0].scores}
-    notes = [f"  {r.workload}: {r.lrctl_note}" for r in rows if r.lrctl_note]
-    return (f"within {PASS:.0%} of the grid's best (lrctl: or saying it cannot tell), of {len(rows)}: "
-            + ", ".join(f"{f} {n}" for f, n in counts.items()) + "".join("\n" + n for n in notes))
+    """How many states each finder passes (within 10% of the grid's best); lrctl's "cannot tell" rows
+    are counted apart, with how its safe end did there, and each with the finder's words."""
+    cannot = [r for r in rows if r.lrctl_note]
+    counts = {f: sum(g <= PASS for lr, g in (r.scores[f] for r in rows if not (f == "lrctl" and r.lrctl_note)))
+              for f in rows[0].scores}
+    anyway = sum(r.scores["lrctl"][1] <= PASS for r in cannot)
+    notes = [f"  {r.workload}: cannot tell: {r.lrctl_note}" for r in cannot]
+    return (f"within {PASS:.0%} of the grid's best, of {len(rows)}: "
+            + ", ".join(f"{f} {n}" for f, n in counts.items())
+            + (f"; lrctl says it cannot tell on {len(cannot)} more (its safe end within {PASS:.0%} on {anyway} of them)"
+               if cannot else "") + "".join("\n" + n for n in notes))
 
 
 def main(argv: list[str] | None = None) -> int:

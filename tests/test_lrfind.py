@@ -1,4 +1,5 @@
-"""The lr finder on the lesson, cheaply: where it lands, when it says it cannot tell, and that it changes nothing.
+"""The lr finder on the lesson, cheaply: where it lands, when it says it cannot tell, and that it changes nothing;
+its rules (the ladder, the horizon rung, "cannot tell") on made-up numbers.
 
 The full comparison with the 10-epoch truth on five workloads is a benchmark (``python -m lrctl.lrtruth``).
 """
@@ -13,25 +14,27 @@ import torch
 
 from lrctl.config import RunConfig, with_overrides
 from lrctl.engine import Trainer
-from lrctl.lrfind import STEP, Trial, _Probe, range_test, suggest
+from lrctl.lrfind import NOISY, STEP, Trial, _Probe, first_trial, ladder, range_test, scout, suggest
 from lrctl.schedules import parse
 from tests.conftest import assert_states_equal, read_scalars
 from tests.test_repl import _feed
 
 
-def test_fresh_lesson_finder_changes_nothing_and_suggests_from_its_trials():
+def test_fresh_lesson_finder_changes_nothing_and_suggests_a_rung_below_its_best_trial():
     trainer = Trainer(RunConfig())  # the defaults users get: the lesson's own batch order
     state = copy.deepcopy(trainer.state_dict())
     result = range_test(trainer)
     assert_states_equal(trainer.state_dict(), state)  # weights, optimizer, schedule, step, RNG, order: untouched
-    assert result.flat is None and result.low <= result.suggestion <= result.high
-    assert len(result.trials) == 2
+    assert result.flat is None and result.cannot_tell is None
+    assert 3 <= len(result.trials) <= 5  # a ladder that brackets the two-epoch best (and, here, no scout)
+    lrs = sorted(t.lr for t in result.trials)
+    assert all(b / a == pytest.approx(1 / STEP) for a, b in zip(lrs, lrs[1:], strict=False))  # a third of a decade
     winner = min(result.trials, key=lambda t: t.loss)
-    assert result.suggestion == min(t.lr for t in result.trials if t.loss <= winner.loss + winner.noise + t.noise)
-    assert [t.lr for t in result.trials][:2] == pytest.approx([result.knee, result.knee * STEP])
-    assert result.knee <= result.best
+    assert result.high == winner.lr and result.suggestion == result.low == pytest.approx(winner.lr * STEP)
+    assert result.knee <= min(lrs) / STEP ** 2 and max(lrs) >= result.knee  # the ladder starts near the knee
     # 10 epochs at 0.02..0.1 end within ~10% of the best of a 1e-4..1 grid on most batch orders (lrtruth).
     assert 0.02 <= result.suggestion <= 0.1
+    assert result.summary().startswith(f"suggested lr: {result.suggestion:.3g} · 2 epochs from here at ")
 
 
 def test_a_trial_trains_what_the_run_would_train_next():
@@ -57,26 +60,87 @@ def test_a_flat_sweep_says_it_cannot_tell_and_why():
     assert result.summary().startswith("no suggestion: flat from")
 
 
-def test_suggestion_is_the_trial_that_trains_best_with_its_band():
-    lrs = [10 ** (-4 + i / 10) for i in range(41)]  # 1e-4..1
-    losses = [10 - 8 * min(1.0, (i / 30) ** 2) + (max(0, i - 33) ** 2) for i in range(41)]  # lowest at i=30..33
-    trials = [Trial(0.05, 3.0, 0.1), Trial(0.02, 2.0, 0.1), Trial(0.01, 2.5, 0.1), Trial(0.005, 4.0, 0.1)]
-    result = suggest(lrs, losses, 10.0, trials)
-    assert result.best == pytest.approx(lrs[30], rel=0.3)
-    assert result.knee == lrs[29]  # the first point 90% of the way down: 10 - 8 * (i / 30) ** 2 <= 10 - 0.9 * 8
-    assert (result.suggestion, result.low, result.high, result.note) == (0.02, 0.02, 0.02, None)
-    assert "2 epochs from here at 0.05 / 0.02 / 0.01 / 0.005 leave the loss at 3 / 2 / 2.5 / 4" in result.summary()
-    assert result.marks() == {"suggested": 0.02}
-    # Within each other's scatter: the band holds both, and the lower is suggested.
-    alike = suggest(lrs, losses, 10.0, [Trial(0.05, 2.0, 0.3), Trial(0.02, 2.4, 0.3)])
-    assert (alike.suggestion, alike.low, alike.high) == (0.02, 0.02, 0.05)
-    assert "cannot tell 0.02 from 0.05 after 2 epochs" in alike.note and "(band 0.02..0.05)" in alike.summary()
-    larger = suggest(lrs, losses, 10.0, [Trial(0.05, 1.0, 0.01), Trial(0.02, 2.0, 0.01)])
-    assert larger.suggestion == 0.05 and "a larger one may do as well" in larger.note
-    lower = suggest(lrs, losses, 10.0, [Trial(0.05, 2.0, 0.01), Trial(0.02, 1.0, 0.01)])
-    assert lower.suggestion == 0.02 and "a lower one may do better still" in lower.note
+LRS = [10 ** (-4 + i / 10) for i in range(41)]  # a made-up sweep 1e-4..1, lowest at i=30..33
+LOSSES = [10 - 8 * min(1.0, (i / 30) ** 2) + (max(0, i - 33) ** 2) for i in range(41)]
+
+
+def rungs(top: float, losses: list[float], noise: float = 0.01) -> list[Trial]:
+    """Made-up trials a rung apart from ``top`` down, with these losses (the winner's scatter small)."""
+    return [Trial(top * STEP ** i, loss, noise) for i, loss in enumerate(losses)]
+
+
+def test_the_suggestion_is_a_rung_below_the_two_epoch_winner_with_the_band_up_to_it():
+    result = suggest(LRS, LOSSES, 10.0, rungs(0.1, [3.0, 2.0, 2.5]))
+    assert result.best == pytest.approx(LRS[30], rel=0.3)
+    assert result.knee == LRS[29]  # the first point 90% of the way down: 10 - 8 * (i / 30) ** 2 <= 10 - 0.9 * 8
+    assert (result.suggestion, result.low, result.high) == pytest.approx((0.1 * STEP ** 2,) * 2 + (0.1 * STEP,))
+    assert (result.cannot_tell, result.note) == (None, None)
+    assert result.marks() == {"suggested": result.suggestion, "2-epoch best": result.high}
+    assert "2 epochs from here at 0.1 / 0.046 / 0.022 leave the loss at 3 / 2 / 2.5 (it is 10)" in result.summary()
+    assert "0.046 trained best over 2 epochs" in result.summary()
     with pytest.raises(ValueError, match="every trial diverged"):
-        suggest(lrs, losses, 10.0, [Trial(0.05, math.inf, math.inf), Trial(0.02, math.inf, math.inf)])
+        suggest(LRS, LOSSES, 10.0, rungs(0.1, [math.inf, math.inf], math.inf))
+
+
+def test_it_cannot_tell_where_the_suggestion_is_a_lottery_or_the_ladder_did_not_bracket_the_best():
+    # The trial at the suggestion still jumps by more than NOISY of its loss between its last steps.
+    noisy = rungs(0.1, [3.0, 2.0, 2.5])
+    noisy[2].noise = 2.5 * NOISY * 1.1
+    result = suggest(LRS, LOSSES, 10.0, noisy)
+    assert result.suggestion == pytest.approx(noisy[2].lr)  # still given: the band's safe end
+    assert result.cannot_tell.startswith("between 0.022 and 0.046 where ten epochs end depends on the batch order")
+    assert f"jumps by ±{1.1 * NOISY:.0%}" in result.cannot_tell
+    assert result.summary().startswith("cannot tell: between 0.022 and 0.046")
+    assert "\nsuggested lr: 0.0215, only as the safe end · 2 epochs" in result.summary()
+    # Still improving at the top of the ladder, below the end asked for: the best lies above.
+    up = suggest(LRS, LOSSES, 10.0, rungs(0.1, [1.0, 2.0, 2.5]), end=1.0)
+    assert up.suggestion == pytest.approx(0.1 * STEP)
+    assert "still improving at the largest lr tried (0.1)" in up.cannot_tell
+    # ... unless the next rung is past the end: then it only says a larger lr may do as well.
+    at_end = suggest(LRS, LOSSES, 10.0, rungs(0.1, [1.0, 2.0, 2.5]), end=0.1)
+    assert at_end.cannot_tell is None and "(0.1, the end of the range) trained best" in at_end.note
+    down = suggest(LRS, LOSSES, 10.0, rungs(0.1, [3.0, 2.0, 1.0]))
+    assert "still improving at the lowest lr tried (0.022)" in down.cannot_tell
+    assert down.suggestion == pytest.approx(0.1 * STEP ** 3)  # a rung below, untried (it says so)
+    # A scout far above the ladder trained best: the sweep's lowest point was a plateau.
+    plateau = suggest(LRS, LOSSES, 10.0, [Trial(0.05, 1.0, 0.01), *rungs(0.004, [2.0, 1.9, 2.1])])
+    assert plateau.cannot_tell.startswith("a trial at 0.05, near the top of the sweep's usable range, trained better")
+    assert plateau.suggestion == pytest.approx(0.05 * STEP)
+
+
+def test_the_ladder_climbs_toward_the_two_epoch_best_and_stops_where_it_turns_or_at_its_limits():
+    def trial_of(best: float):
+        tried = []
+
+        def trial(lr: float) -> Trial:
+            tried.append(lr)
+            return Trial(lr, (math.log10(lr / best)) ** 2, 0.001)
+        return trial, tried
+
+    trial, tried = trial_of(0.01)
+    ladder(1.0, trial)  # down from 1: 1, 0.46, 0.22, 0.1 -- the limit of four, still improving
+    assert tried == pytest.approx([STEP ** i for i in range(4)])
+    trial, tried = trial_of(0.01)
+    ladder(0.03, trial)  # down: 0.03, 0.014, 0.0064 (worse than 0.014): bracketed
+    assert tried == pytest.approx([0.03, 0.03 * STEP, 0.03 * STEP ** 2])
+    trial, tried = trial_of(0.5)
+    trials = ladder(0.1, trial, end=0.5)  # up from 0.1 (0.046 is worse) to 0.22 and 0.46; 1.0 is past the end
+    assert tried == pytest.approx([0.1, 0.1 * STEP, 0.1 / STEP, 0.1 / STEP ** 2])
+    assert len(trials) == 4
+    trial, tried = trial_of(0.01)
+    ladder(0.02, lambda lr: Trial(lr, math.inf, math.inf) if lr > 0.015 else trial(lr))  # diverged at the start
+    assert tried == pytest.approx([0.02 * STEP, 0.02 * STEP ** 2])  # goes down, and stops where it turns
+
+
+def test_where_the_ladder_starts_and_when_a_scout_goes_above_it():
+    start = first_trial(LRS, LOSSES, 10.0)
+    assert start == pytest.approx(math.sqrt(LRS[29] * LRS[30]), rel=0.3)  # between the knee and the lowest point
+    flat = [10.0 - 0.01 * (i % 2) for i in range(30)] + [10.5, 11, 12, 14, 20]
+    assert first_trial(LRS[:35], flat, 10.0) == LRS[29]  # the top of the flat range (median of 5): then it rises
+    assert first_trial(LRS[:30], flat[:30], 10.0) is None  # flat to the end: nothing to start from
+    # The sweep's loss stays under its start up to i=35 (0.32): a scout two rungs below, when above the ladder.
+    assert scout(LRS, LOSSES, 10.0, rungs(0.004, [2.0, 1.9, 2.1])) == pytest.approx(LRS[35] * STEP ** 2)
+    assert scout(LRS, LOSSES, 10.0, rungs(0.1, [2.0, 1.9, 2.1])) is None  # not more than a rung above 0.1
 
 
 def test_trainer_batches_are_the_epochs_order_without_moving_the_step():
