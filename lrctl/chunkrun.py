@@ -54,6 +54,7 @@ class Session(Protocol):
     def save(self, keep: bool = False, replace_latest: bool = False) -> None: ...
     def keep_here(self) -> None: ...
     def save_here(self) -> None: ...
+    def save_unsaved(self) -> None: ...
     def mark_boundary(self) -> None: ...
     def rollback(self) -> None: ...
     def drop_pending(self, reason: str, complete: bool = True) -> None: ...
@@ -173,6 +174,7 @@ class ChunkRun:
         lost = session.work.drop_changes_after(trainer.global_step * trainer.batches_per_epoch)
         session.store.journal("interrupted", durable=True, how="abandon", step=trainer.global_step,
                               dropped=dropped, dropped_changes=lost)
+        session.save_unsaved()
         return ChunkOutcome("abandoned", trainer.global_step, dropped=dropped,
                             detail=f"{len(lost)} lr change(s) made in the abandoned epoch dropped" if lost else "")
 
@@ -186,6 +188,7 @@ class ChunkRun:
         record = error.record
         session.store.journal("diverged", durable=True, epoch=record.step, lr=record.lr, loss=str(error.loss),
                               rolled_back_to=trainer.global_step)
+        session.save_unsaved()
         return ChunkOutcome("diverged", trainer.global_step, dropped=dropped, lr=record.lr,
                             detail=f"loss became {error.loss} in epoch {record.step} at lr {record.lr:g}")
 

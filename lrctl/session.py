@@ -239,6 +239,13 @@ class RunSession:
         else:
             self.save(keep=True)
 
+    def save_unsaved(self) -> None:
+        """Back at the prompt after an abandoned or diverged epoch: the epochs trained before it are
+        checkpointed now unless they are already (with the pending work dropped after a divergence,
+        a kill at the prompt would otherwise lose them)."""
+        if self.saved_step != self.trainer.global_step:
+            self.save()
+
     def save_here(self) -> None:
         """Checkpoint at this batch boundary (mid-epoch), unless the weights are no longer finite."""
         if self.trainer.weights_finite():

@@ -483,6 +483,26 @@ class Lifecycle(RuleBasedStateMachine):
     def diverge(self) -> None:
         self._train([self._chunk(2, "1e6")], None, None)
 
+    @precondition(lambda self: self.session is not None)
+    @rule(epochs_before=st.integers(1, 2))
+    def diverge_mid_chunk(self, epochs_before: int) -> None:
+        """A live lr of 1e6 after some epochs of a chunk: back to the last finite epoch boundary, inside it."""
+        self._complete_torn_epoch()
+        bpe = self.session.trainer.batches_per_epoch
+        self._train([self._chunk(3, "0.03")], (epochs_before * bpe, "lr", ("1e6", "set")), None)
+
+    @precondition(lambda self: self.session is not None)
+    @rule()
+    def kill_at_prompt(self) -> None:
+        """``kill -9`` while lrctl waits at the prompt: everything the run did is on disk already."""
+        m, before = self.model, self.session.trainer.batch_in_epoch
+        simulate_kill(self.session)
+        m.crashed = True
+        self.session = None
+        self._open()
+        assert (self.session.global_step, self.session.trainer.batch_in_epoch) == (m.step, before), (
+            f"killed at the prompt at epoch {m.step}: the run opened at epoch {self.session.global_step}")
+
     @precondition(lambda self: self.session is not None and self.session.pending is not None)
     @rule()
     def finish(self) -> None:

@@ -491,3 +491,24 @@ def test_a_new_run_in_a_partial_forks_directory_says_it_removed_the_copy(tmp_pat
     new.load()
     assert new.global_step == 0 and RunStore(runs, "f").kept_steps() == [0]
     new.close()
+
+
+@pytest.mark.parametrize("how", ["diverge", "abandon"])
+def test_the_epochs_before_a_diverged_or_abandoned_epoch_survive_a_kill_at_the_prompt(how):
+    """Found by the simulation's kill-at-the-prompt rule: after a divergence in a chunk's third epoch the
+    run stood at its second epoch in memory only (the work was dropped, nothing saved since the chunk
+    began), so a kill at the prompt silently lost two epochs. Now it is saved on the way back."""
+    from tests.test_lifecycle import Lifecycle
+
+    machine = Lifecycle()
+    machine.setup(checkpoint_every=0, save_every=NEVER)
+    try:
+        if how == "diverge":
+            machine.diverge_mid_chunk(epochs_before=2)
+        else:
+            machine.chunk(action=(13, "abandon", ("0.02", "set")), epochs=3, expression="0.03")
+        assert machine.session.global_step == 2
+        machine.kill_at_prompt()  # the rule asserts the run reopens at epoch 2
+        machine.tensorboard_shows_the_timeline()
+    finally:
+        machine.teardown()
