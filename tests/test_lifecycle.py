@@ -114,6 +114,24 @@ def simulate_kill(session: RunSession) -> None:
         session.store._lock = None
 
 
+def copy_keeping_hard_links(src: Path, dst: Path) -> None:
+    """``cp -a`` in Python: kept checkpoints are hard links of checkpoint files, and whether a damaged
+    file damaged them depends on that."""
+    first: dict[tuple[int, int], Path] = {}
+    for path in sorted(src.rglob("*")):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            key = (path.stat().st_dev, path.stat().st_ino)
+            if key in first:
+                os.link(first[key], target)
+            else:
+                shutil.copy2(path, target)
+                first[key] = target
+
+
 def release_locks_of_killed_process(root: Path) -> None:
     """The kernel releases every lock a killed process held: run stores the kill left open in this one."""
     import gc
@@ -684,7 +702,7 @@ class Lifecycle(RuleBasedStateMachine):
         it must end where an uninterrupted open ends (checked on a copy), and say what that one says."""
         copy_root = Path(tempfile.mkdtemp(prefix="lrctl-sim-clean-"))
         try:
-            shutil.copytree(self.runs, copy_root / "runs")
+            copy_keeping_hard_links(self.runs, copy_root / "runs")
             clean = RunSession.open(copy_root / "runs", self.name, self.cfg, save_every=NEVER)
             clean.load()
             expected = (clean.global_step, clean.trainer.batch_in_epoch,
