@@ -523,6 +523,14 @@ class Lifecycle(RuleBasedStateMachine):
 
     @precondition(lambda self: self.session is not None and self.session.pending is not None)
     @rule()
+    def decline(self) -> None:
+        """'Finish the interrupted chunk? n': a torn epoch is finished first, the rest of the work dropped."""
+        self._complete_torn_epoch()
+        self.session.drop_pending("declined")
+        self.model.pending = []
+
+    @precondition(lambda self: self.session is not None and self.session.pending is not None)
+    @rule()
     def finish(self) -> None:
         self._follow(self.session.finish_pending())
 
