@@ -546,8 +546,10 @@ class Lifecycle(RuleBasedStateMachine):
         try:
             current, target = self.session.undo()
         except RunError:
-            # Its kept checkpoint went with a damaged file (a hard link of it): said at open, refused now.
-            assert m.damaged and m.chunk_starts[-1] not in RunStore(self.runs, self.name).kept_steps()
+            # Its kept checkpoint went with a damaged file (a hard link of it: said at open), or is older
+            # than the newest ``keep`` kept ones (a fork --at carries the source's window): refused.
+            kept = RunStore(self.runs, self.name).kept_steps()
+            assert m.chunk_starts[-1] not in kept and (m.damaged or (kept and m.chunk_starts[-1] < kept[0]))
             return
         except SimKill:
             self._after_killed_undo()
