@@ -394,6 +394,9 @@ class RunSession:
         trainer = self.trainer
         if trainer.global_step == target and not trainer.batch_in_epoch and self.work.current is None:
             self.store.journal("undo", durable=True, from_step=asked_from, to_step=target)  # it got that far
+            # (said all the same: the killed process may not have said "undone" before it ended)
+            self.load_warnings.append(f"an undo from epoch {asked_from} to {target} was interrupted (the process "
+                                      "ended); it is finished now")
             return
         try:
             state = self.store.load_kept(target)

@@ -1,0 +1,82 @@
+"""What the user is told, and when, after a ``kill -9`` inside an undo (found by attacking real processes).
+
+A killed undo is finished by the next open; these pin down that it is *said before the first question*
+(the banner shows the epoch the run is really at) and that ``lrctl runs`` does not call the run
+interrupted in the meantime.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+
+from lrctl import _faults
+from lrctl.cli import main
+from lrctl.config import RunConfig, with_overrides
+from lrctl.runs_table import list_runs
+from lrctl.session import RunSession
+from tests.test_lifecycle import SimKill, simulate_kill
+
+NEVER = float("inf")
+
+
+def _run_killed_inside_undo(runs, journal_writes_before_kill: int) -> None:
+    """Run r: 2@0.03 then 1@0.01 (epoch 3), then an undo killed at the n-th journal write after its intent
+    (1: at its first save's journal line, before any checkpoint of the undo is written; 3: after both
+    saves, at its closing ``undo`` line)."""
+    session = RunSession.open(runs, "r", with_overrides(RunConfig(), ["data.rows=300"]), save_every=NEVER)
+    session.load()
+    session.train(2, "0.03")
+    session.train(1, "0.01")
+    seen = {"n": 0}
+
+    def kill(name: str) -> None:
+        if name == "write journal.jsonl" and session.store.interrupted_undo() is not None:
+            seen["n"] += 1
+            if seen["n"] == journal_writes_before_kill:
+                raise SimKill(name)
+
+    _faults.install(kill)
+    try:
+        with pytest.raises(SimKill):
+            session.undo()
+    finally:
+        _faults.install(None)
+    simulate_kill(session)
+
+
+def _main(argv: list[str], stdin: str, monkeypatch, capsys) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_an_undo_killed_before_it_saved_is_said_before_the_first_question(tmp_path, monkeypatch, capsys):
+    """Before: the banner said 'resumed at epoch 3', the questions were asked while torch loaded, and only
+    after the user had typed a chunk did lrctl say the undo (to epoch 2) was finished."""
+    runs = tmp_path / "runs"
+    _run_killed_inside_undo(runs, 1)
+    state = {r.name: r for r in list_runs(runs)}["r"].state
+    assert "undo" in state, state
+    code, out = _main(["--run", "r", "--runs-dir", str(runs)], "n\n", monkeypatch, capsys)
+    assert code == 0, out
+    said = out.index("an undo from epoch 3 to 2 was interrupted")
+    assert said < out.index("Continue training?"), out
+    assert "resumed at epoch 2" in out.splitlines()[0], out
+
+
+def test_an_undo_killed_after_its_saves_is_not_called_interrupted_work(tmp_path, monkeypatch, capsys):
+    """Before: ``lrctl runs`` said 'interrupted? pending.json is missing' (the undo had dropped it), and the
+    next open said nothing about the undo at all."""
+    runs = tmp_path / "runs"
+    _run_killed_inside_undo(runs, 3)
+    state = {r.name: r for r in list_runs(runs)}["r"].state
+    assert "pending.json is missing" not in state, state
+    code, out = _main(["--run", "r", "--runs-dir", str(runs)], "n\n", monkeypatch, capsys)
+    assert code == 0, out
+    said = out.index("an undo from epoch 3 to 2 was interrupted")
+    assert said < out.index("Continue training?"), out
+    assert "resumed at epoch 2" in out.splitlines()[0], out
