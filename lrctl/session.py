@@ -417,11 +417,13 @@ class RunSession:
             raise RunError(f"run '{name}' exists already; pick another name")
         self.save(keep=True)
         step = self.global_step
-        new_store = runops.copy_for_fork(self.store, name, step)
+        notes: list[str] = []
+        new_store = runops.copy_for_fork(self.store, name, step, notes)
         self.log_intervention(f"fork: continued as run '{name}'")
         new = RunSession(new_store, self.cfg, False, self.timing.save_every, self.observer, self.keep, self.group,
                          clock=self.timing.clock, logger_factory=self.logs.factory)
         new.given_config = self.given_config
+        new.load_warnings += notes  # said by the caller, as at an open
         new.trainer, new.chunks, new.saved_step = self.trainer, self.chunks, self.saved_step
         new.typed_specs = self.typed_specs
         new.work.reload()

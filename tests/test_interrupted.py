@@ -80,3 +80,39 @@ def test_an_undo_killed_after_its_saves_is_not_called_interrupted_work(tmp_path,
     said = out.index("an undo from epoch 3 to 2 was interrupted")
     assert said < out.index("Continue training?"), out
     assert "resumed at epoch 2" in out.splitlines()[0], out
+
+
+def _partial_fork(runs) -> None:
+    """Run r at epoch 2, and a fork of it into 'f' killed after its files were copied (no config: no run)."""
+    from lrctl.runops import copy_for_fork
+
+    session = RunSession.open(runs, "r", with_overrides(RunConfig(), ["data.rows=300"]), save_every=NEVER)
+    session.load()
+    session.train(2, "0.03")
+
+    def kill(name: str) -> None:
+        if name.startswith("write journal"):  # the fork's "forked" line: its files are copied by then
+            raise SimKill(name)
+
+    _faults.install(kill)
+    try:
+        with pytest.raises(SimKill):
+            copy_for_fork(session.store, "f", session.global_step)
+    finally:
+        _faults.install(None)
+    simulate_kill(session)
+
+
+@pytest.mark.parametrize("how", ["prompt", "command"])
+def test_a_fork_into_a_killed_forks_partial_copy_says_it_removed_it(how, tmp_path, monkeypatch, capsys):
+    """Before: ``fork f`` at the prompt and ``lrctl fork r f`` removed the partial copy silently (only a new
+    run of that name said so)."""
+    runs = tmp_path / "runs"
+    _partial_fork(runs)
+    if how == "prompt":
+        code, out = _main(["--run", "r", "--runs-dir", str(runs)], "fork f\nn\n", monkeypatch, capsys)
+    else:
+        code, out = _main(["fork", "r", "f", "--runs-dir", str(runs)], "", monkeypatch, capsys)
+    assert code == 0, out
+    assert "a fork of run 'r' into 'f' was interrupted before it finished; its partial copy was removed" in out, out
+    assert {r.name: r for r in list_runs(runs)}["f"].state == "ok"
