@@ -243,7 +243,8 @@ class RunStore(CheckpointFiles):
             return False
         if (self.dir / COPYING_FILE).exists() or not self.dir.is_dir():
             return True
-        return all(p.name in (LOCK_FILE, LOCK_INFO_FILE) or p.name.startswith(f".{LOCK_INFO_FILE}.")
+        # (".NAME.PID.tmp": an atomic write's temp file, e.g. of the copy marker, that a kill left)
+        return all(p.name in (LOCK_FILE, LOCK_INFO_FILE) or (p.name.startswith(".") and p.name.endswith(".tmp"))
                    for p in self.dir.iterdir())
 
     def finish_copy(self, source: RunStore) -> None:

@@ -116,3 +116,23 @@ def test_a_fork_into_a_killed_forks_partial_copy_says_it_removed_it(how, tmp_pat
     assert code == 0, out
     assert "a fork of run 'r' into 'f' was interrupted before it finished; its partial copy was removed" in out, out
     assert {r.name: r for r in list_runs(runs)}["f"].state == "ok"
+
+
+def test_a_fork_killed_while_writing_its_copy_marker_leaves_the_name_free(tmp_path, monkeypatch, capsys):
+    """A kill -9 of ``lrctl fork r g --at 0`` inside the write of ``copying.json`` (its temp file written, not yet
+    renamed) left ``runs/g`` with the lock files and ``.copying.json.PID.tmp``: no run is listed under 'g',
+    yet every later ``lrctl fork r g`` said "run 'g' exists already"."""
+    from lrctl.runstore import RunStore
+
+    runs = tmp_path / "runs"
+    session = RunSession.open(runs, "r", with_overrides(RunConfig(), ["data.rows=300"]), save_every=NEVER)
+    session.load()
+    session.close()
+    left = RunStore(runs, "g")
+    left.acquire()  # what the killed fork had done: locked the name, then started the marker's atomic write
+    (left.dir / ".copying.json.12345.tmp").write_text('{"source": "r"}')
+    left.close()
+    assert "g" not in {r.name for r in list_runs(runs)}
+    code, out = _main(["fork", "r", "g", "--at", "0", "--runs-dir", str(runs)], "", monkeypatch, capsys)
+    assert code == 0, out
+    assert {r.name: r for r in list_runs(runs)}["g"].state == "ok"
