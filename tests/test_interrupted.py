@@ -136,3 +136,44 @@ def test_a_fork_killed_while_writing_its_copy_marker_leaves_the_name_free(tmp_pa
     code, out = _main(["fork", "r", "g", "--at", "0", "--runs-dir", str(runs)], "", monkeypatch, capsys)
     assert code == 0, out
     assert {r.name: r for r in list_runs(runs)}["g"].state == "ok"
+
+
+def test_an_undo_killed_at_the_finish_question_does_not_offer_the_dropped_work(tmp_path, monkeypatch, capsys):
+    """A plan killed at epoch 3 (2 epochs left), ``undo`` typed at ``Finish the interrupted chunk?`` and killed
+    inside. Before: the next open asked ``Finish the interrupted chunk (2 epochs left)?`` again; 'y' printed
+    'finishing the interrupted work', then the open finished the undo (which drops that work) and nothing
+    was trained: the run stood at epoch 0 after the user had said yes to two epochs."""
+    from lrctl.plan import requests
+    from lrctl.session import Observer
+
+    class KillInEpoch3(Observer):
+        def epoch_done(self, record, metric) -> None:
+            if record.step == 3:  # the first epoch of the second chunk: the checkpoint stays at epoch 3
+                raise SimKill("after epoch 3")
+
+    runs = tmp_path / "runs"
+    cfg = with_overrides(RunConfig(), ["data.rows=300"])
+    session = RunSession.open(runs, "r", cfg, save_every=NEVER, observer=KillInEpoch3())
+    session.load()
+    with pytest.raises(SimKill):
+        session.run_plan(requests([(3, "0.03"), (2, "0.01")]))
+    simulate_kill(session)
+    session = RunSession.open(runs, "r", cfg, save_every=NEVER)
+    session.load()
+    assert session.pending is not None
+
+    def kill(name: str) -> None:
+        if name == "write journal.jsonl" and session.store.interrupted_undo() is not None:
+            raise SimKill(name)
+
+    _faults.install(kill)
+    try:
+        with pytest.raises(SimKill):
+            session.undo()
+    finally:
+        _faults.install(None)
+    simulate_kill(session)
+    code, out = _main(["--run", "r", "--runs-dir", str(runs)], "y\nn\n", monkeypatch, capsys)
+    assert code == 0, out
+    assert "Finish the interrupted chunk" not in out and "finishing the interrupted work" not in out, out
+    assert out.index("an undo from epoch 3 to 0 was interrupted") < out.index("Continue training?"), out
