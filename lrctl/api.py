@@ -357,6 +357,9 @@ class Run:
         session = self._live()
         old = session.store.name
         self._adopt(session.fork(name))
+        for warning in self._session.load_warnings:  # e.g. a killed fork's partial copy removed
+            self.view.warn(warning)
+        self._session.load_warnings.clear()
         self.view.say(f"forked: run '{old}' stays at epoch {self.step}; this Run now trains '{name}'")
         return self
 

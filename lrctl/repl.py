@@ -330,6 +330,9 @@ class Repl:
                     self.control.stop()
                     self.control.session = self.session
                     self.control.start()
+                for warning in self.session.load_warnings:  # e.g. a killed fork's partial copy removed
+                    self.view.warn(warning)
+                self.session.load_warnings.clear()
                 self.view.say(f"forked: run '{old}' stays at epoch {self.session.global_step}; you now train "
                               f"run '{command.name}' (TensorBoard: both, sharing history up to here)")
             elif isinstance(command, commands.Plot):

@@ -32,11 +32,12 @@ def state_summary(state: dict[str, Any], metric: str) -> dict[str, Any]:
             "last_lr": last["lr"] if last else None}
 
 
-def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> int:
+def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None, notes: list[str] | None = None) -> int:
     """``lrctl fork``: copy run ``source`` into new run ``name``, optionally from its kept checkpoint at epoch ``at``.
 
     TensorBoard shows the new run's own timeline at once (both loaders): the source's later epochs,
     batch-level scalars included, are purged in the copy. Nothing is left behind when it fails.
+    ``notes`` gets what the user must be told (a partial copy of an earlier, killed fork removed).
     Returns the new run's global epoch."""
     import shutil
 
@@ -58,7 +59,9 @@ def fork_run(runs_dir: Path, source: str, name: str, at: int | None = None) -> i
         step = int(state["global_step"])
         dst.acquire()
         try:
-            dst.remove_unfinished_copy()  # what an earlier fork into this name, killed, left
+            removed = dst.remove_unfinished_copy()  # what an earlier fork into this name, killed, left
+            if removed and notes is not None:
+                notes.append(removed)
             src.copy_to(dst)
             dst.prune_kept(step)
             if at is not None:
@@ -146,15 +149,17 @@ def settle_config(store: RunStore, cfg: config_mod.RunConfig, force_config: bool
     return cfg
 
 
-def copy_for_fork(store: RunStore, name: str, step: int) -> RunStore:
+def copy_for_fork(store: RunStore, name: str, step: int, notes: list[str] | None = None) -> RunStore:
     """An open run's files into new run ``name`` (locked; the caller saved first). Nothing is left
-    behind when it fails."""
+    behind when it fails. ``notes`` gets what the user must be told (a killed fork's partial copy removed)."""
     new_store = RunStore(store.runs_dir, name)
     if new_store.exists:
         raise RunError(f"run '{name}' exists already; pick another name")
     new_store.acquire()
     try:
-        new_store.remove_unfinished_copy()  # what an earlier fork into this name, killed, left
+        removed = new_store.remove_unfinished_copy()  # what an earlier fork into this name, killed, left
+        if removed and notes is not None:
+            notes.append(removed)
         store.copy_to(new_store)
         new_store.journal("forked", durable=True, source=store.name, step=step)
         new_store.finish_copy(store)

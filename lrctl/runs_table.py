@@ -38,6 +38,10 @@ def _state(store: RunStore) -> str:
     meta_problem = store.meta_problem()
     if meta_problem:
         return f"unverified: {meta_problem} (lrctl resume {store.name} rewrites it)"
+    undo = store.interrupted_undo()
+    if undo is not None:
+        return (f"undo interrupted (epoch {undo.get('from_step')} to {undo.get('to_step')}): "
+                f"opening the run finishes it")
     pending_problem = store.pending_problem()
     if pending_problem:
         return f"interrupted? {pending_problem}: lrctl resume {store.name} rebuilds the work from the journal"

@@ -243,7 +243,8 @@ class RunStore(CheckpointFiles):
             return False
         if (self.dir / COPYING_FILE).exists() or not self.dir.is_dir():
             return True
-        return all(p.name in (LOCK_FILE, LOCK_INFO_FILE) or p.name.startswith(f".{LOCK_INFO_FILE}.")
+        # (".NAME.PID.tmp": an atomic write's temp file, e.g. of the copy marker, that a kill left)
+        return all(p.name in (LOCK_FILE, LOCK_INFO_FILE) or (p.name.startswith(".") and p.name.endswith(".tmp"))
                    for p in self.dir.iterdir())
 
     def finish_copy(self, source: RunStore) -> None:
@@ -277,12 +278,13 @@ class RunStore(CheckpointFiles):
 
     def damage_seen_without_torch(self) -> bool:
         """Whether opening this run will fall back, rebuild or warn (then it is loaded before any question):
-        a checkpoint file missing or not matching its checksum, or a damaged checksum or pending file."""
+        a checkpoint file missing or not matching its checksum, or a damaged checksum or pending file; or
+        an undo a kill interrupted (the open finishes it: the run is not where its checkpoint says)."""
         if not self.has_checkpoint():
             return False
         latest_missing = not (self.dir / CHECKPOINT_FILE).exists()
         return bool(latest_missing or self.check_checkpoints()[1] or self.previous_problem() or self.meta_problem()
-                    or self.pending_problem() or self.pending_file_lost())
+                    or self.pending_problem() or self.pending_file_lost() or self.interrupted_undo() is not None)
 
     def interrupted_undo(self) -> dict[str, Any] | None:
         """The journal's last ``undoing`` intent when no ``undo`` (done) or ``undo_abandoned`` follows it."""
@@ -303,7 +305,8 @@ class RunStore(CheckpointFiles):
         step = self.summary().get("global_step")
         for event in reversed(self.read_journal()):
             # the work was dropped (undo and divergence drop it too), rebuilt, or never this run's (a fork's copy)
-            if event.get("event") in ("pending_dropped", "pending_recovered", "undo", "diverged", "forked"):
+            # ("undoing": an undo drops the work before it journals itself done)
+            if event.get("event") in ("pending_dropped", "pending_recovered", "undoing", "undo", "diverged", "forked"):
                 return False
             if event.get("event") == "command":
                 ends = [c["start"] + c["epochs"] for c in event.get("chunks") or [] if isinstance(c, dict)]

@@ -401,6 +401,9 @@ class RunSession:
         trainer = self.trainer
         if trainer.global_step == target and not trainer.batch_in_epoch and self.work.current is None:
             self.store.journal("undo", durable=True, from_step=asked_from, to_step=target)  # it got that far
+            # (said all the same: the killed process may not have said "undone" before it ended)
+            self.load_warnings.append(f"an undo from epoch {asked_from} to {target} was interrupted (the process "
+                                      "ended); it is finished now")
             return
         try:
             state = self.store.load_kept(target)
@@ -421,11 +424,13 @@ class RunSession:
             raise RunError(f"run '{name}' exists already; pick another name")
         self.save(keep=True)
         step = self.global_step
-        new_store = runops.copy_for_fork(self.store, name, step)
+        notes: list[str] = []
+        new_store = runops.copy_for_fork(self.store, name, step, notes)
         self.log_intervention(f"fork: continued as run '{name}'")
         new = RunSession(new_store, self.cfg, False, self.timing.save_every, self.observer, self.keep, self.group,
                          clock=self.timing.clock, logger_factory=self.logs.factory)
         new.given_config = self.given_config
+        new.load_warnings += notes  # said by the caller, as at an open
         new.trainer, new.chunks, new.saved_step = self.trainer, self.chunks, self.saved_step
         new.typed_specs = self.typed_specs
         new.work.reload()

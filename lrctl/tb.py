@@ -38,6 +38,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _the_error(stderr: str) -> str:
+    """TensorBoard's own "ERROR: ..." line when it printed one (its log also warns about every purge lrctl
+    wrote, which would bury the reason), else the end of what it printed."""
+    errors = [line.removeprefix("ERROR: ") for line in stderr.splitlines() if line.startswith("ERROR: ")]
+    return errors[-1] if errors else stderr.strip()
+
+
 class TensorBoard:
     """A TensorBoard process; ``url`` once :meth:`start` returns; :meth:`stop` ends it."""
 
@@ -74,7 +81,7 @@ class TensorBoard:
                     self._launch()
                     continue
                 self.stop()
-                raise RuntimeError(f"tensorboard exited: {message}")
+                raise RuntimeError(f"tensorboard exited: {_the_error(message)}")
             try:
                 with urllib.request.urlopen(self.url + "data/environment", timeout=1):
                     return self.url

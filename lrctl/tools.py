@@ -118,7 +118,10 @@ def _log_hparams(group_dir, results, metric: str, seeds: bool) -> None:
 def cmd_fork(args: argparse.Namespace) -> int:
     from lrctl.runops import fork_run
 
-    step = fork_run(args.runs_dir, args.run, args.new, args.at)
+    notes: list[str] = []
+    step = fork_run(args.runs_dir, args.run, args.new, args.at, notes)
+    for note in notes:
+        _say(note)
     _say(f"forked run '{args.run}' at epoch {step} into '{args.new}' · continue with: lrctl --run {args.new}")
     return 0
 

@@ -126,6 +126,29 @@ def test_a_port_the_user_chose_is_not_replaced(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         board = TensorBoard(tmp_path, port)
-        with pytest.raises(RuntimeError, match="could not bind"):
+        with pytest.raises(RuntimeError, match="could not bind") as refused:
             board.start()
         assert board.port == port and board.process is None
+        # the reason alone, not TensorBoard's log (with a run in the logdir it warns of each purge first)
+        said = f"tensorboard exited: TensorBoard could not bind to port {port}, it was already in use"
+        assert refused.value.args[0] == said
+
+
+def test_a_busy_port_is_said_in_one_line_over_a_run_tensorboard_warns_about(tmp_path):
+    """Found with a real `lrctl tb --port N` on a busy port beside a run: the error was the last 500 characters
+    of TensorBoard's stderr, its purge warnings ("Detected out of order event.step ...") first."""
+    import socket
+
+    from lrctl.tblog import TensorBoardLogger
+
+    logger = TensorBoardLogger(tmp_path / "r", purge_step=0)
+    logger.log("train_mse", 1.0, 0)
+    logger.close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError) as refused:
+            TensorBoard(tmp_path, port).start()
+        said = f"tensorboard exited: TensorBoard could not bind to port {port}, it was already in use"
+        assert refused.value.args[0] == said
