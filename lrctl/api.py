@@ -150,9 +150,7 @@ class Run:
         _OPEN[session.store.dir.resolve()] = self
         self.view.banner(name, session.is_new, session.store.summary(), session.cfg.describe(),
                          str(session.store.dir))
-        for warning in session.load_warnings:
-            self.view.warn(warning)
-        session.load_warnings.clear()
+        session.say_warnings(self.view.warn)
         pending = session.pending
         if pending is not None:
             self.view.warn(f"unfinished work: {pending.describe(session.global_step)} · run.finish() trains it; "
@@ -357,9 +355,7 @@ class Run:
         session = self._live()
         old = session.store.name
         self._adopt(session.fork(name))
-        for warning in self._session.load_warnings:  # e.g. a killed fork's partial copy removed
-            self.view.warn(warning)
-        self._session.load_warnings.clear()
+        self._session.say_warnings(self.view.warn)  # e.g. a killed fork's partial copy removed
         self.view.say(f"forked: run '{old}' stays at epoch {self.step}; this Run now trains '{name}'")
         return self
 

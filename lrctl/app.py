@@ -256,9 +256,7 @@ def _serve(args: argparse.Namespace, plan, group, session, prebuilt) -> int:
         if prebuilt is not None and prebuilt.data_loading:
             view.say(f"DataLoader: {prebuilt.data_loading}")
         if damaged:
-            for warning in session.load_warnings:
-                view.warn(warning)
-            session.load_warnings.clear()
+            session.say_warnings(view.warn)
         if plan is not None:
             code, reason = _run_plan(session, plan, loader, view, resume_only=restarted and _job_ran(session, group))
         else:
@@ -318,8 +316,7 @@ def _run_plan(session, plan, loader: _Loader, view, resume_only: bool = False) -
     from lrctl.repl import chunk_interrupts
 
     loader.wait()
-    for warning in session.load_warnings:
-        view.warn(warning)
+    session.say_warnings(view.warn)
     if session.plan_recorded:  # a new run: its plan was recorded with it, before torch loaded
         with chunk_interrupts(session, view):
             outcome = session.finish_pending()
@@ -373,9 +370,7 @@ def _run_repl(holder: list, loader: _Loader, view, finish: bool, tb_url: str | N
     loader.wait()
     # What loading found (e.g. a missing pending.json, rebuilt from the journal) is said before a chunk;
     # a user who quit at the first question has not seen it yet.
-    for warning in repl.session.load_warnings:
-        view.warn(warning)
-    repl.session.load_warnings.clear()
+    repl.session.say_warnings(view.warn)
     return EXIT_OK, reason
 
 

@@ -32,6 +32,7 @@ PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"
 CHECKPOINT_META_FILE = "checkpoint.json"
 KEPT_DIR = "kept"
 DEFAULT_KEEP = 10
+GOOD_KEPT = 6  # shas checkpoint.json vouches for, newest first: the files on disk and those a kill left
 
 
 @dataclass
@@ -82,12 +83,20 @@ class CheckpointFiles:
         known = meta.get("sha256", {})
         verified = latest_sha is not None and latest_sha in (known.get(CHECKPOINT_FILE), self._loaded_latest)
         rotate = verified and not replace_latest
+        good: set[str] | list[str]
         if rotate:
             # The old previous file stays listed: a kill between this checksum file and the renames
-            # leaves it in place, and it must still verify then.
-            good, prev_sha, prev_summary = {sha, latest_sha}, latest_sha, meta.get("summary")
-            if known.get(PREVIOUS_CHECKPOINT_FILE):
-                good.add(known[PREVIOUS_CHECKPOINT_FILE])
+            # leaves it in place, and it must still verify then. So do the files the last checksum file
+            # vouched for: after a kill between *its* write and renames, the names it lists are a step
+            # ahead of the files on disk. (A damaged file matches no sha, however many are listed.)
+            vouched = [sha, latest_sha, known.get(PREVIOUS_CHECKPOINT_FILE)]
+            vouched += [g for g in meta.get("good", []) if isinstance(g, str)]
+            if not known and previous.exists():
+                # No checksum file vouched for anything (missing or damaged), so the previous file was as
+                # acceptable as the latest: a kill before the renames must not make it look damaged.
+                vouched.append(self._file_sha(previous))
+            good = list(dict.fromkeys(g for g in vouched if g))[:GOOD_KEPT]
+            prev_sha, prev_summary = latest_sha, meta.get("summary")
         else:  # the latest file is missing or damaged: the previous one stays as it is
             prev_sha = self._file_sha(previous)
             prev_ok = prev_sha is not None and prev_sha in (known.get(PREVIOUS_CHECKPOINT_FILE),
@@ -98,7 +107,8 @@ class CheckpointFiles:
             prev_sha = prev_sha if prev_ok else None
         try:
             new_meta = {"sha256": {CHECKPOINT_FILE: sha, PREVIOUS_CHECKPOINT_FILE: prev_sha},
-                        "good": sorted(good), "summary": summary, "previous_summary": prev_summary}
+                        "good": list(good) if isinstance(good, list) else sorted(good), "summary": summary,
+                        "previous_summary": prev_summary}
             atomic_write(self.dir / CHECKPOINT_META_FILE, json.dumps(new_meta).encode())
             if rotate:
                 _fault_point(f"rename {CHECKPOINT_FILE} -> {PREVIOUS_CHECKPOINT_FILE}")

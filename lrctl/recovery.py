@@ -64,23 +64,32 @@ def restore(store: RunStore, trainer: Any) -> Restored | None:
     fallback_from = None if is_latest else int(latest_summary.get("global_step", _last_saved_step(store)))
     if fallback_from is not None and fallback_from > step:
         warnings.append(f"loaded epoch {step}; the run had reached epoch {fallback_from}")
-    pending_changed = _settle_pending(store, loaded, trainer, fallback_from, warnings)
-    torn: list[int] = []
-    if fallback_from is not None:
-        pruned = store.prune_kept(step)
-        if pruned:
-            warnings.append(f"kept checkpoints of lost epochs removed: {pruned}")
+    pending_changed, rebuilt = _settle_pending(store, loaded, trainer, fallback_from, warnings)
+    pruned = [s for s in store.kept_steps() if s > step] if fallback_from is not None else []
+    if pruned:
+        warnings.append(f"kept checkpoints of lost epochs removed: {pruned}")
     # A damaged checkpoint file damages the kept files that are hard links of it: drop them. The one of
     # the epoch that loaded is not dropped but replaced when the heal writes that epoch again: a kill
     # before then leaves it to be found (and replaced) by the next open, not silently gone.
+    torn: list[int] = []
+    dropped_all: list[int] = []
     for name, damaged in ((CHECKPOINT_FILE, not is_latest), (PREVIOUS_CHECKPOINT_FILE, bool(previous_problem))):
         linked = store.kept_linked_to(name) if damaged else []
         dropped = [s for s in linked if s != step]
-        store.drop_kept(dropped)
         if dropped:
             warnings.append(f"kept checkpoints damaged with {name} removed (undo and fork --at cannot use "
                             f"them): {dropped}")
+        dropped_all += dropped
         torn += linked
+    # What was found is journaled before anything is repaired: were this open killed from here on, the
+    # repairs would hide the damage from the next open, which says this instead (RunSession.load).
+    if warnings:
+        store.journal("recovering", durable=True, warnings=warnings)
+    if rebuilt is not None:
+        store.write_pending(rebuilt.pending)
+        store.journal("pending_recovered", durable=True, step=step,
+                      chunks=rebuilt.pending.chunks if rebuilt.pending else None, why=rebuilt.messages)
+    store.drop_kept(pruned + dropped_all)
     heal = bool(loaded.warnings or meta_problem or previous_problem or pending_changed)
     return Restored(list(loaded.state.get("chunks") or []), warnings, heal, step in torn)
 
@@ -91,14 +100,15 @@ def _last_saved_step(store: RunStore) -> int:
 
 
 def _settle_pending(store: RunStore, loaded: LoadedCheckpoint, trainer: Any, fallback_from: int | None,
-                    warnings: list[str]) -> bool:
-    """The pending work after a damaged file (see :func:`recover`). Returns whether anything was wrong."""
+                    warnings: list[str]) -> tuple[bool, Recovery | None]:
+    """The pending work after a damaged file (see :func:`recover`), decided, not written: (whether
+    anything was wrong, the recovery to write when ``pending.json`` must be written anew)."""
     problem = store.pending_problem()
     step = trainer.global_step
     snapshot = loaded.state.get("pending") or {}
     missing = problem is None and store.read_pending() is None
     if fallback_from is None and problem is None and not missing:
-        return False
+        return False, None
     events = store.read_journal()
     after = None
     for i in range(len(events) - 1, -1, -1):
@@ -112,16 +122,12 @@ def _settle_pending(store: RunStore, loaded: LoadedCheckpoint, trainer: Any, fal
         if Pending(rebuilt).remaining(step) > 0 and fallback_from is None:
             problem = f"{PENDING_FILE} is missing"
         elif fallback_from is None:
-            return False
+            return False, None
     result = recover(loaded_step=trainer.global_step, batches_per_epoch=trainer.batches_per_epoch,
                      fallback_from=fallback_from, file_pending=store.read_pending(), file_problem=problem,
                      snapshot=loaded.state.get("pending"), events_after_save=after)
     warnings += result.messages
-    if result.rewritten:
-        store.write_pending(result.pending)
-        store.journal("pending_recovered", durable=True, step=trainer.global_step,
-                      chunks=result.pending.chunks if result.pending else None, why=result.messages)
-    return True
+    return True, result if result.rewritten else None
 
 
 @dataclass

@@ -270,9 +270,7 @@ class Repl:
         if self.session.trainer is None:
             self.view.say("(loading PyTorch and the model…)")
         self.ready()
-        for warning in self.session.load_warnings:
-            self.view.warn(warning)
-        self.session.load_warnings.clear()
+        self.session.say_warnings(self.view.warn)
 
     def _ask_schedule(self, epochs: int) -> ScheduleSpec:
         while True:
@@ -330,9 +328,7 @@ class Repl:
                     self.control.stop()
                     self.control.session = self.session
                     self.control.start()
-                for warning in self.session.load_warnings:  # e.g. a killed fork's partial copy removed
-                    self.view.warn(warning)
-                self.session.load_warnings.clear()
+                self.session.say_warnings(self.view.warn)  # e.g. a killed fork's partial copy removed
                 self.view.say(f"forked: run '{old}' stays at epoch {self.session.global_step}; you now train "
                               f"run '{command.name}' (TensorBoard: both, sharing history up to here)")
             elif isinstance(command, commands.Plot):

@@ -286,6 +286,18 @@ class RunStore(CheckpointFiles):
         return bool(latest_missing or self.check_checkpoints()[1] or self.previous_problem() or self.meta_problem()
                     or self.pending_problem() or self.pending_file_lost() or self.interrupted_undo() is not None)
 
+    def unsaid_recovery(self) -> list[str]:
+        """What the last open found and journaled (``recovering``) but never said: it was killed before
+        the warnings reached the user (``recovery_said``). Empty when everything was said."""
+        unsaid: list[str] = []
+        for event in self.read_journal():
+            kind = event.get("event")
+            if kind == "recovering":
+                unsaid = [str(w) for w in event.get("warnings") or []]
+            elif kind == "recovery_said":
+                unsaid = []
+        return unsaid
+
     def interrupted_undo(self) -> dict[str, Any] | None:
         """The journal's last ``undoing`` intent when no ``undo`` (done) or ``undo_abandoned`` follows it."""
         intent = None

@@ -26,6 +26,7 @@ thread while the first question waits for an answer.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -82,6 +83,7 @@ class RunSession:
         self.trainer: Trainer | None = None
         self.saved_step: int | None = None
         self.saved_at_boundary = False  # the last checkpoint is of an epoch boundary (not mid-epoch)
+        self.recovery_unsaid = False  # load journaled repairs the user has not been told of yet
         self.saved_this_session = False
         self.in_critical = False  # a checkpoint is being written: a Ctrl-C waits for its end
         self.abort_after_critical = False
@@ -147,11 +149,20 @@ class RunSession:
         trainer = self.ranks.build(trainer, self.cfg, self.given_config)
         opened = None
         if self.writes:
+            unsaid = self.store.unsaid_recovery()
             opened = restore(self.store, trainer)  # the latest good checkpoint; damage reported and settled
             if opened is not None:
                 self.load_warnings += opened.warnings
                 self.chunks = list(opened.chunks)
                 self.saved_step = trainer.global_step
+            # What the load found is journaled (``recovering``, by restore) until the user is told of it
+            # (say_warnings): an open killed in between has its findings said by the next one.
+            self.recovery_unsaid = bool(opened is not None and opened.warnings)
+            if unsaid and not self.recovery_unsaid:  # that earlier open repaired the run, then was killed
+                again = [f"{w} (found by an earlier start that ended before it could say so)" for w in unsaid]
+                self.load_warnings += again
+                self.store.journal("recovering", durable=True, warnings=again)
+                self.recovery_unsaid = True
         self.trainer = trainer
         self.work.reload()
         # Steps after the checkpoint (a crash, a kill) are hidden now and rewritten identically.
@@ -171,6 +182,19 @@ class RunSession:
                 trainer.load_state_dict(state["trainer"])
                 self.chunks = list(state["chunks"])
                 self.saved_step = trainer.global_step
+
+    def say_warnings(self, emit: Callable[[str], None]) -> None:
+        """Show what opening the run found, once (``emit``: e.g. the view's ``warn``); then journal that it
+        was said, so that an open killed before this point has it said by the next one."""
+        warnings, self.load_warnings = list(self.load_warnings), []
+        for warning in warnings:
+            emit(warning)
+        if self.recovery_unsaid and self.writes:
+            for stream in (sys.stdout, sys.stderr):  # said means on its way out, not in a buffer
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    stream.flush()
+            self.store.journal("recovery_said", durable=True)
+            self.recovery_unsaid = False
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -446,6 +470,9 @@ class RunSession:
             # Half an epoch's weights (an error escaped mid-epoch) are never saved: the checkpoint stays.
             if self.trainer is not None and self.saved_step != self.trainer.global_step and not self.trainer.torn:
                 self.save()
+            if self.recovery_unsaid and self.writes:  # a session that ends normally had its findings to show
+                self.store.journal("recovery_said", durable=True)
+                self.recovery_unsaid = False
             self.store.journal("session_end", reason=reason, step=self.global_step)
         finally:
             self.logs.close()

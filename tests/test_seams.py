@@ -512,3 +512,23 @@ def test_the_epochs_before_a_diverged_or_abandoned_epoch_survive_a_kill_at_the_p
         machine.tensorboard_shows_the_timeline()
     finally:
         machine.teardown()
+
+
+def test_what_a_killed_open_repaired_is_said_by_the_next_one():
+    """Found by helper h26 with real kills: an open of a damaged run killed after its repairs (the
+    fallback rewritten, the work rebuilt), before its warnings reached the user, left the next open
+    silent about the lost epochs. What a load finds is journaled before it repairs anything, until said."""
+    from tests.test_lifecycle import Lifecycle
+
+    machine = Lifecycle()
+    machine.setup(checkpoint_every=0, save_every=NEVER)
+    try:
+        machine.plan(first=1, lrs=("0.03", "0.01"), second=2)
+        # killed after the repaired checkpoint is renamed into place: nothing on disk is damaged any more
+        machine.damage(target_file=CHECKPOINT_FILE, how="truncate", kill_while_loading=19)
+        assert machine.faults.hit == "fsync dir r0"
+        assert any("found by an earlier start that ended before it could say so" in r for r in machine.reports)
+        machine.reopen()
+        assert not any("earlier start" in r for r in machine.reports), machine.reports  # said once is enough
+    finally:
+        machine.teardown()
