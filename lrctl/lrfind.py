@@ -2,7 +2,7 @@
 
 ::
 
-    $ lrctl find-lr --run demo                          # a sweep 1e-5..1, then 2-epoch trials on a ladder
+    $ lrctl find-lr --run demo                          # a sweep 1e-4..1, then 2-epoch trials on a ladder
     $ lrctl find-lr --run demo --start 1e-6 --end 1 --batches 200
     Learning rate: find start=1e-6 end=1 batches=200    # the same at the prompt
 
@@ -69,6 +69,8 @@ STEP = 10 ** (-1 / 3)  # one rung of the trials' ladder: a third of a decade
 MAX_TRIALS = 4  # the ladder stops here even if the loss is still improving (then it cannot tell)
 LAST = 5  # a trial is measured after each of its last LAST steps
 NOISY = 0.15  # the suggestion's trial jumps by more than this fraction of its loss: the finder cannot tell
+SAME = 0.05  # the winner's neighbour rungs end within this fraction of its loss: the ladder is flat there
+EARLY = 0.3  # and its two epochs took the loss down by more than this fraction: training's early, fast phase
 
 
 @dataclass
@@ -240,10 +242,30 @@ def suggest(lrs: list[float], losses: list[float], start_loss: float, trials: li
             f"between {suggestion:.2g} and {winner.lr:.2g} where ten epochs end depends on the batch order more "
             f"than on the lr: at {judged.lr:.2g} the loss still jumps by ±{jump:.0%} between the last steps of "
             f"{TRIAL_EPOCHS} epochs (which batches come last decides it); the lower end is the safer")
+    elif flat_and_early(trials, winner, start_loss):
+        result.cannot_tell = (
+            f"the trials from {below[0].lr:.2g} to {winner.lr / STEP:.2g} end within {SAME:.0%} of each other after "
+            f"{TRIAL_EPOCHS} epochs, which took the loss from {start_loss:.4g} to {winner.loss:.4g}: this early in "
+            "training their ranking says nothing about where ten epochs end, and across such a band that can "
+            "change by more than 10% with a 1.2x change of lr or another batch order; any lr in the band is a "
+            "fair start, none is known to be the best")
     elif at_end:
         result.note = (f"the largest lr tried ({winner.lr:.2g}, the end of the range) trained best over "
                        f"{TRIAL_EPOCHS} epochs: a larger one may do as well (find end=... to try above)")
     return result
+
+
+def flat_and_early(trials: list[Trial], winner: Trial, start_loss: float) -> bool:
+    """Whether the rungs either side of the two-epoch winner ended within SAME of it, and its two epochs
+    took the loss down by more than EARLY of where it started; pure. Then two epochs cannot rank the lrs:
+    on the fresh lesson (MSE 90 -> 31 after two epochs, 17 after ten) three rungs end within 2..5% of
+    each other, and the ten-epoch MSE across them jumps by ±15% with a 1.2x change of lr (no lr of a
+    25-point grid ends within 10% of the best on more than 6 of its 8 batch orders x seeds, and none on
+    more than 4 of the 6 that ``lrtruth`` scores). A state near its floor (the lesson after 20 epochs, 3..13%
+    down in two epochs) is flat too, but there every lr of the band ends within 10%: no lottery."""
+    near = [t for t in trials if t is not winner and abs(math.log(t.lr / winner.lr)) < abs(math.log(STEP)) * 1.01]
+    return (len(near) == 2 and all(t.loss <= winner.loss * (1 + SAME) for t in near)
+            and winner.loss < (1 - EARLY) * start_loss)
 
 
 def _eval_rows(trainer: Trainer):
@@ -330,7 +352,7 @@ class _Probe:
         return self._start
 
 
-def sweep(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int = 100,
+def sweep(trainer: Trainer, start: float = 1e-4, end: float = 1.0, batches: int = 100,
           diverge: float = 4.0) -> tuple[list[float], list[float], float, bool]:
     """(lrs, measured losses, starting loss, stopped early): ``batches`` steps from the trainer's state,
     which is restored afterwards."""
@@ -345,10 +367,12 @@ def sweep(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int 
 
 
 def default_batches(trainer: Trainer) -> int:
-    """50 steps, or four epochs' worth when an epoch is shorter than 13 batches (at least 20): enough to
-    place the ladder's first trial, which the trials then correct (a 100-step sweep placed it no better;
-    with a measurement after every step the sweep costs about four to six epochs, the trials about six)."""
-    return max(20, min(50, 4 * trainer.batches_per_epoch))
+    """40 steps (ten a decade over the default 1e-4..1), or four epochs' worth when an epoch is shorter
+    than 10 batches (at least 20): enough to place the ladder's first trial, which the trials then correct
+    (a 100-step sweep placed it no better; one of 30 steps worse; the decade below 1e-4 changed no
+    suggestion on any stored state and cost about an epoch). With a measurement after every step the
+    sweep costs about three to six epochs, the trials about six to eight."""
+    return max(20, min(40, 4 * trainer.batches_per_epoch))
 
 
 def step_at(trainer: Trainer, lr: float, x, y):
@@ -357,7 +381,7 @@ def step_at(trainer: Trainer, lr: float, x, y):
     return trainer.step_on(x, y, lr)
 
 
-def range_test(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int | None = None,
+def range_test(trainer: Trainer, start: float = 1e-4, end: float = 1.0, batches: int | None = None,
                diverge: float = 4.0) -> RangeTest:
     """Sweep, climb the ladder of trials, restore, suggest. ``batches`` defaults to :func:`default_batches`."""
     probe = _Probe(trainer)

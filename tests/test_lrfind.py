@@ -14,7 +14,20 @@ import torch
 
 from lrctl.config import RunConfig, with_overrides
 from lrctl.engine import Trainer
-from lrctl.lrfind import NOISY, STEP, Trial, _Probe, first_trial, ladder, range_test, scout, suggest
+from lrctl.lrfind import (
+    EARLY,
+    NOISY,
+    SAME,
+    STEP,
+    Trial,
+    _Probe,
+    first_trial,
+    flat_and_early,
+    ladder,
+    range_test,
+    scout,
+    suggest,
+)
 from lrctl.schedules import parse
 from tests.conftest import assert_states_equal, read_scalars
 from tests.test_repl import _feed
@@ -106,6 +119,29 @@ def test_it_cannot_tell_where_the_suggestion_is_a_lottery_or_the_ladder_did_not_
     plateau = suggest(LRS, LOSSES, 10.0, [Trial(0.05, 1.0, 0.01), *rungs(0.004, [2.0, 1.9, 2.1])])
     assert plateau.cannot_tell.startswith("a trial at 0.05, near the top of the sweep's usable range, trained better")
     assert plateau.suggestion == pytest.approx(0.05 * STEP)
+
+
+def test_it_cannot_tell_where_three_rungs_end_alike_early_in_training():
+    def three(spread: float) -> list[Trial]:
+        """Three rungs from 0.1 down, the middle one best at 31, its neighbours ``spread`` worse."""
+        return rungs(0.1, [31 * (1 + spread), 31.0, 31 * (1 + spread)])
+
+    # The fresh lesson: two epochs took the MSE from 90 to 31 and three rungs end within 5% of each other.
+    lottery = suggest(LRS, LOSSES, 90.0, three(SAME / 2))
+    assert lottery.suggestion == pytest.approx(0.1 * STEP ** 2)  # still the rung below, as a fair start
+    assert lottery.cannot_tell.startswith("the trials from 0.022 to 0.1 end within 5% of each other after 2 epochs, "
+                                          "which took the loss from 90 to 31: this early in training")
+    assert lottery.summary().startswith("cannot tell: the trials from 0.022")
+    # Near its floor (the lesson after 20 epochs: flat too, but little left to fall): every lr of the band is as good.
+    near_floor = 31.0 / (1 - EARLY) * 0.99  # two epochs took the loss down by a little less than EARLY
+    assert suggest(LRS, LOSSES, near_floor, three(SAME / 2)).cannot_tell is None
+    # Early, but the rungs are told apart (diabetes, classification): the ranking holds.
+    assert suggest(LRS, LOSSES, 90.0, three(2 * SAME)).cannot_tell is None
+    # A neighbour missing (the top of the range, or the ladder stopped at the winner): no claim.
+    two = three(SAME / 2)[:2]
+    assert not flat_and_early(two, two[1], 90.0)
+    trials = three(SAME / 2)
+    assert flat_and_early(trials, trials[1], 90.0)
 
 
 def test_the_ladder_climbs_toward_the_two_epoch_best_and_stops_where_it_turns_or_at_its_limits():
