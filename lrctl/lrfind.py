@@ -43,9 +43,12 @@ which lr trains best over the next epochs. Here:
    its loss between its last steps (where ten epochs end there is decided by which batches come last
    more than by the lr: on ``custom-factory`` the 10-epoch MSE at one lr varies 4x with the batch
    order), or when the trials did not bracket the two-epoch best (still improving at the top or the
-   bottom of the ladder, or the scout trained better: a plateau).
+   bottom of the ladder, or the scout trained better: a plateau), or when the rungs either side of the
+   winner end within :data:`SAME` of it while two epochs took the loss down by more than :data:`EARLY`
+   (:func:`flat_and_early`: so early in training a flat ladder does not rank the lrs for ten epochs; on
+   the fresh lesson the ten-epoch result across such a band changes by ±15% with a 1.2x change of lr).
 
-A sweep of up to 50 steps plus three or four trials costs about nine to thirteen epochs of the run.
+A sweep of up to 40 steps plus three or four trials costs about nine to twelve epochs of the run.
 
 ``python -m lrctl.lrtruth`` scores this against the lr that actually trains best over 10 epochs (a grid
 of constant-lr runs from the same state) and against fastai's and Lightning's rules.
@@ -69,7 +72,7 @@ STEP = 10 ** (-1 / 3)  # one rung of the trials' ladder: a third of a decade
 MAX_TRIALS = 4  # the ladder stops here even if the loss is still improving (then it cannot tell)
 LAST = 5  # a trial is measured after each of its last LAST steps
 NOISY = 0.15  # the suggestion's trial jumps by more than this fraction of its loss: the finder cannot tell
-SAME = 0.05  # the winner's neighbour rungs end within this fraction of its loss: the ladder is flat there
+SAME = 0.10  # the winner's neighbour rungs end within this fraction of its loss: the ladder is flat there
 EARLY = 0.3  # and its two epochs took the loss down by more than this fraction: training's early, fast phase
 
 
@@ -258,7 +261,7 @@ def suggest(lrs: list[float], losses: list[float], start_loss: float, trials: li
 def flat_and_early(trials: list[Trial], winner: Trial, start_loss: float) -> bool:
     """Whether the rungs either side of the two-epoch winner ended within SAME of it, and its two epochs
     took the loss down by more than EARLY of where it started; pure. Then two epochs cannot rank the lrs:
-    on the fresh lesson (MSE 90 -> 31 after two epochs, 17 after ten) three rungs end within 2..5% of
+    on the fresh lesson (MSE 90 -> 31 after two epochs, 17 after ten) three rungs end within 1..10% of
     each other, and the ten-epoch MSE across them jumps by ±15% with a 1.2x change of lr (no lr of a
     25-point grid ends within 10% of the best on more than 6 of its 8 batch orders x seeds, and none on
     more than 4 of the 6 that ``lrtruth`` scores). A state near its floor (the lesson after 20 epochs, 3..13%
