@@ -43,7 +43,10 @@ which lr trains best over the next epochs. Here:
    its loss between its last steps (where ten epochs end there is decided by which batches come last
    more than by the lr: on ``custom-factory`` the 10-epoch MSE at one lr varies 4x with the batch
    order), or when the trials did not bracket the two-epoch best (still improving at the top or the
-   bottom of the ladder, or the scout trained better: a plateau), or when the rungs either side of the
+   bottom of the ladder, or the scout trained better: a plateau), or when the trial at the suggestion
+   ended more than :data:`STEEP` above the winner's (on ``custom-factory`` 12..115% above on the stored
+   states, elsewhere at most 31%: a loss that steep in the lr is a lottery over ten epochs), or when the
+   rungs either side of the
    winner end within :data:`SAME` of it while two epochs took the loss down by more than :data:`EARLY`
    (:func:`flat_and_early`: so early in training a flat ladder does not rank the lrs for ten epochs; on
    the fresh lesson the ten-epoch result across such a band changes by ±15% with a 1.2x change of lr).
@@ -73,6 +76,7 @@ MAX_TRIALS = 4  # the ladder stops here even if the loss is still improving (the
 LAST = 5  # a trial is measured after each of its last LAST steps
 NOISY = 0.15  # the suggestion's trial jumps by more than this fraction of its loss: the finder cannot tell
 SAME = 0.10  # the winner's neighbour rungs end within this fraction of its loss: the ladder is flat there
+STEEP = 0.5  # the suggestion's trial ended more than this fraction above the winner's: the finder cannot tell
 EARLY = 0.3  # and its two epochs took the loss down by more than this fraction: training's early, fast phase
 
 
@@ -245,6 +249,12 @@ def suggest(lrs: list[float], losses: list[float], start_loss: float, trials: li
             f"between {suggestion:.2g} and {winner.lr:.2g} where ten epochs end depends on the batch order more "
             f"than on the lr: at {judged.lr:.2g} the loss still jumps by ±{jump:.0%} between the last steps of "
             f"{TRIAL_EPOCHS} epochs (which batches come last decides it); the lower end is the safer")
+    elif judged.loss > (1 + STEEP) * winner.loss:
+        result.cannot_tell = (
+            f"over {TRIAL_EPOCHS} epochs the loss at {judged.lr:.2g} ({judged.loss:.4g}) ended "
+            f"{judged.loss / winner.loss - 1:.0%} above that at {winner.lr:.2g} ({winner.loss:.4g}), a rung up: it "
+            "changes too steeply with the lr for two epochs to place the ten-epoch best between them, and where ten "
+            "epochs end there depends on the batch order as much as on the lr; the lower end is the safer")
     elif flat_and_early(trials, winner, start_loss):
         result.cannot_tell = (
             f"the trials from {below[0].lr:.2g} to {winner.lr / STEP:.2g} end within {SAME:.0%} of each other after "

@@ -18,6 +18,7 @@ from lrctl.lrfind import (
     EARLY,
     NOISY,
     SAME,
+    STEEP,
     STEP,
     Trial,
     _Probe,
@@ -110,12 +111,17 @@ def test_it_cannot_tell_where_the_suggestion_is_a_lottery_or_the_ladder_did_not_
     assert f"jumps by ±{1.1 * NOISY:.0%}" in result.cannot_tell
     assert result.summary().startswith("cannot tell: between 0.022 and 0.046")
     assert "\nsuggested lr: 0.0215, only as the safe end · 2 epochs" in result.summary()
+    # The rung below ended more than STEEP above the winner (custom-factory: 12..115%; elsewhere at most 31%).
+    steep = suggest(LRS, LOSSES, 10.0, rungs(0.1, [0.16, 0.12, 0.12 * (1 + STEEP) * 1.1]))
+    assert steep.suggestion == pytest.approx(0.1 * STEP ** 2)  # still the rung below, as the safer end
+    assert steep.cannot_tell.startswith("over 2 epochs the loss at 0.022 (0.198) ended 65% above that at 0.046 (0.12)")
+    assert suggest(LRS, LOSSES, 10.0, rungs(0.1, [0.16, 0.12, 0.12 * (1 + STEEP) * 0.9])).cannot_tell is None
     # Still improving at the top of the ladder, below the end asked for: the best lies above.
     up = suggest(LRS, LOSSES, 10.0, rungs(0.1, [1.0, 2.0, 2.5]), end=1.0)
     assert up.suggestion == pytest.approx(0.1 * STEP)
     assert "still improving at the largest lr tried (0.1)" in up.cannot_tell
     # ... unless the next rung is past the end: then it only says a larger lr may do as well.
-    at_end = suggest(LRS, LOSSES, 10.0, rungs(0.1, [1.0, 2.0, 2.5]), end=0.1)
+    at_end = suggest(LRS, LOSSES, 10.0, rungs(0.1, [1.0, 1.2, 1.5]), end=0.1)
     assert at_end.cannot_tell is None and "(0.1, the end of the range) trained best" in at_end.note
     down = suggest(LRS, LOSSES, 10.0, rungs(0.1, [3.0, 2.0, 1.0]))
     assert "still improving at the lowest lr tried (0.022)" in down.cannot_tell
