@@ -330,7 +330,7 @@ class Run:
             self._session = session
             _OPEN[session.store.dir.resolve()] = self
 
-    def find_lr(self, start: float = 1e-5, end: float = 1.0, batches: int | None = None) -> float | None:
+    def find_lr(self, start: float = 1e-4, end: float = 1.0, batches: int | None = None) -> float | None:
         """The lr range test from the current state (the run is not changed); shows the chart and returns
         the suggested lr (where it cannot tell, it says why and this is the safe end of its band), or None
         when the whole swept range is flat (it says so)."""

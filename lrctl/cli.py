@@ -108,11 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "current state; the run is not changed")
     find.add_argument("--run", default="default", help="the run whose current state is swept (default 'default')")
     find.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)
-    find.add_argument("--start", type=float, default=1e-5, help="the sweep's first lr (default 1e-5)")
+    find.add_argument("--start", type=float, default=1e-4, help="the sweep's first lr (default 1e-4)")
     find.add_argument("--end", type=float, default=1.0, help="the sweep's last lr (default 1)")
     find.add_argument("--batches", type=int, default=None,
                       help="steps in the sweep, the lr growing geometrically from --start to --end "
-                           "(default 50, or 4 epochs' worth when an epoch is shorter)")
+                           "(default 40, or 4 epochs' worth when an epoch is shorter)")
     plot = sub.add_parser("plot", help="train/test metric and lr of runs against the global epoch")
     plot.add_argument("runs", nargs="+", help="run names (a compare run: GROUP/RUN)")
     plot.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=RUNS_DIR_HELP)

@@ -78,11 +78,11 @@ class Plot:
 
 @dataclass(frozen=True)
 class Find:
-    """``find [start=1e-5] [end=1] [batches=N]``: the options of ``lrctl find-lr``."""
+    """``find [start=1e-4] [end=1] [batches=N]``: the options of ``lrctl find-lr``."""
 
-    start: float = 1e-5
+    start: float = 1e-4
     end: float = 1.0
-    batches: int | None = None  # None: the finder's default (100, or 5 epochs' worth)
+    batches: int | None = None  # None: the finder's default (40, or 4 epochs' worth)
 
 
 Command = Answer | Invalid | Help | Quit | Preview | Status | Undo | Fork | Plot | Find
@@ -97,13 +97,13 @@ lrctl asks three questions per chunk of training:
   Learning rate:             a number (0.03) or a schedule (type help there for the list)
 At any prompt: help, status (where the run stands), plot (curves of the run), undo (back to where the
 last chunk began), fork NAME (continue in a copy of this run), quit. Empty answer = your previous answer.
-At Learning rate: also find [start=1e-5 end=1 batches=N] (an lr range test from the current state, the
+At Learning rate: also find [start=1e-4 end=1 batches=N] (an lr range test from the current state, the
 options of lrctl find-lr; its suggestion becomes the default).
 During a chunk: Ctrl-C stops after the current epoch (kept and saved); Ctrl-C twice abandons it.
 Up-arrow recalls earlier answers. Curves: tensorboard --logdir runs"""
 
 LR_HELP = (help_text() + "\n  preview <expression> [epochs]            print the lr per epoch without training"
-           "\n  find [start=1e-5 end=1 batches=N]        lr range test from here; its suggestion becomes the default")
+           "\n  find [start=1e-4 end=1 batches=N]        lr range test from here; its suggestion becomes the default")
 
 
 def _yes_no(text: str) -> Command:

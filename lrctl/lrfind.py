@@ -2,7 +2,7 @@
 
 ::
 
-    $ lrctl find-lr --run demo                          # a sweep 1e-5..1, then 2-epoch trials on a ladder
+    $ lrctl find-lr --run demo                          # a sweep 1e-4..1, then 2-epoch trials on a ladder
     $ lrctl find-lr --run demo --start 1e-6 --end 1 --batches 200
     Learning rate: find start=1e-6 end=1 batches=200    # the same at the prompt
 
@@ -43,9 +43,16 @@ which lr trains best over the next epochs. Here:
    its loss between its last steps (where ten epochs end there is decided by which batches come last
    more than by the lr: on ``custom-factory`` the 10-epoch MSE at one lr varies 4x with the batch
    order), or when the trials did not bracket the two-epoch best (still improving at the top or the
-   bottom of the ladder, or the scout trained better: a plateau).
+   bottom of the ladder, or the scout trained better: a plateau), or when the trial at the suggestion
+   ended more than :data:`STEEP` above the winner's (on ``custom-factory`` 12..115% above on the stored
+   states, elsewhere at most 31%: a loss that steep in the lr is a lottery over ten epochs), or when the
+   rungs either side of the winner end within :data:`SAME` of it while two epochs took the loss down by
+   more than :data:`EARLY` (:func:`flat_and_early`: so early in training a flat ladder does not rank the
+   lrs for ten epochs; on the fresh lesson the ten-epoch result across such a band changes by ±15% with
+   a 1.2x change of lr, and no lr is within 10% of the best on more than 4 of its 6 scored states).
 
-A sweep of up to 50 steps plus three or four trials costs about nine to thirteen epochs of the run.
+A sweep of up to 40 steps plus three or four trials costs about eight to fourteen epochs of the run (11.5 on
+average over the 42 states of ``lrtruth --more --orders 3`` and ``--seed 25 --orders 3``).
 
 ``python -m lrctl.lrtruth`` scores this against the lr that actually trains best over 10 epochs (a grid
 of constant-lr runs from the same state) and against fastai's and Lightning's rules.
@@ -69,6 +76,9 @@ STEP = 10 ** (-1 / 3)  # one rung of the trials' ladder: a third of a decade
 MAX_TRIALS = 4  # the ladder stops here even if the loss is still improving (then it cannot tell)
 LAST = 5  # a trial is measured after each of its last LAST steps
 NOISY = 0.15  # the suggestion's trial jumps by more than this fraction of its loss: the finder cannot tell
+SAME = 0.10  # the winner's neighbour rungs end within this fraction of its loss: the ladder is flat there
+STEEP = 0.5  # the suggestion's trial ended more than this fraction above the winner's: the finder cannot tell
+EARLY = 0.3  # and its two epochs took the loss down by more than this fraction: training's early, fast phase
 
 
 @dataclass
@@ -240,10 +250,36 @@ def suggest(lrs: list[float], losses: list[float], start_loss: float, trials: li
             f"between {suggestion:.2g} and {winner.lr:.2g} where ten epochs end depends on the batch order more "
             f"than on the lr: at {judged.lr:.2g} the loss still jumps by ±{jump:.0%} between the last steps of "
             f"{TRIAL_EPOCHS} epochs (which batches come last decides it); the lower end is the safer")
+    elif judged.loss > (1 + STEEP) * winner.loss:
+        result.cannot_tell = (
+            f"over {TRIAL_EPOCHS} epochs the loss at {judged.lr:.2g} ({judged.loss:.4g}) ended "
+            f"{judged.loss / winner.loss - 1:.0%} above that at {winner.lr:.2g} ({winner.loss:.4g}), a rung up: it "
+            "changes too steeply with the lr for two epochs to place the ten-epoch best between them, and where ten "
+            "epochs end there depends on the batch order as much as on the lr; the lower end is the safer")
+    elif flat_and_early(trials, winner, start_loss):
+        result.cannot_tell = (
+            f"the trials from {below[0].lr:.2g} to {winner.lr / STEP:.2g} end within {SAME:.0%} of each other after "
+            f"{TRIAL_EPOCHS} epochs, which took the loss from {start_loss:.4g} to {winner.loss:.4g}: this early in "
+            "training their ranking says nothing about where ten epochs end, and across such a band that can "
+            "change by more than 10% with a 1.2x change of lr or another batch order; any lr in the band is a "
+            "fair start, none is known to be the best")
     elif at_end:
         result.note = (f"the largest lr tried ({winner.lr:.2g}, the end of the range) trained best over "
                        f"{TRIAL_EPOCHS} epochs: a larger one may do as well (find end=... to try above)")
     return result
+
+
+def flat_and_early(trials: list[Trial], winner: Trial, start_loss: float) -> bool:
+    """Whether the rungs either side of the two-epoch winner ended within SAME of it, and its two epochs
+    took the loss down by more than EARLY of where it started; pure. Then two epochs cannot rank the lrs:
+    on the fresh lesson (MSE 90 -> 31 after two epochs, 17 after ten) three rungs end within 1..10% of
+    each other, and the ten-epoch MSE across them jumps by ±15% with a 1.2x change of lr (no lr of a
+    25-point grid ends within 10% of the best on more than 6 of its 8 batch orders x seeds, and none on
+    more than 4 of the 6 that ``lrtruth`` scores). A state near its floor (the lesson after 20 epochs, 3..13%
+    down in two epochs) is flat too, but there every lr of the band ends within 10%: no lottery."""
+    near = [t for t in trials if t is not winner and abs(math.log(t.lr / winner.lr)) < abs(math.log(STEP)) * 1.01]
+    return (len(near) == 2 and all(t.loss <= winner.loss * (1 + SAME) for t in near)
+            and winner.loss < (1 - EARLY) * start_loss)
 
 
 def _eval_rows(trainer: Trainer):
@@ -330,7 +366,7 @@ class _Probe:
         return self._start
 
 
-def sweep(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int = 100,
+def sweep(trainer: Trainer, start: float = 1e-4, end: float = 1.0, batches: int = 100,
           diverge: float = 4.0) -> tuple[list[float], list[float], float, bool]:
     """(lrs, measured losses, starting loss, stopped early): ``batches`` steps from the trainer's state,
     which is restored afterwards."""
@@ -345,10 +381,12 @@ def sweep(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int 
 
 
 def default_batches(trainer: Trainer) -> int:
-    """50 steps, or four epochs' worth when an epoch is shorter than 13 batches (at least 20): enough to
-    place the ladder's first trial, which the trials then correct (a 100-step sweep placed it no better;
-    with a measurement after every step the sweep costs about four to six epochs, the trials about six)."""
-    return max(20, min(50, 4 * trainer.batches_per_epoch))
+    """40 steps (ten a decade over the default 1e-4..1), or four epochs' worth when an epoch is shorter
+    than 10 batches (at least 20): enough to place the ladder's first trial, which the trials then correct
+    (a 100-step sweep placed it no better; one of 30 steps worse; the decade below 1e-4 changed no
+    suggestion on any stored state and cost about an epoch). With a measurement after every step the
+    sweep costs about three to six epochs, the trials about six to eight."""
+    return max(20, min(40, 4 * trainer.batches_per_epoch))
 
 
 def step_at(trainer: Trainer, lr: float, x, y):
@@ -357,7 +395,7 @@ def step_at(trainer: Trainer, lr: float, x, y):
     return trainer.step_on(x, y, lr)
 
 
-def range_test(trainer: Trainer, start: float = 1e-5, end: float = 1.0, batches: int | None = None,
+def range_test(trainer: Trainer, start: float = 1e-4, end: float = 1.0, batches: int | None = None,
                diverge: float = 4.0) -> RangeTest:
     """Sweep, climb the ladder of trials, restore, suggest. ``batches`` defaults to :func:`default_batches`."""
     probe = _Probe(trainer)

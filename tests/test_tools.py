@@ -29,15 +29,16 @@ def test_find_lr_leaves_the_run_unchanged_and_suggests_a_sane_lr(workdir):
     assert result.returncode == 0, result.stderr
     assert _digest(workdir / "runs" / "f") == before  # checkpoint, optimizer, step, TensorBoard: byte for byte
     line = next(x for x in result.stdout.splitlines() if x.startswith("suggested lr:"))
-    suggestion = float(line.split()[2])
-    assert 0.026 <= suggestion <= 0.1  # 10 epochs there end within 10% of the best of a 1e-4..1 grid (lrtruth)
+    suggestion = float(line.split()[2].rstrip(","))  # "0.049, only as the safe end" where it cannot tell
+    assert 0.026 <= suggestion <= 0.1  # 10 epochs there end within ~15% of the best of a 1e-4..1 grid (lrtruth)
     assert "lr_find/loss" in read_scalars(workdir / "runs" / "_lr-find" / "f-e1")
 
 
 def test_find_at_the_prompt_makes_the_suggestion_the_default(workdir):
     result = run_main(["--run", "p"], workdir, stdin="y\n2\nfind\n\nn\n")
     assert result.returncode == 0, result.stderr
-    suggestion = float(next(x for x in result.stdout.splitlines() if x.startswith("suggested lr:")).split()[2])
+    suggestion = float(next(x for x in result.stdout.splitlines() if x.startswith("suggested lr:")).split()[2]
+                       .rstrip(","))
     lrs = [v for _, v in read_scalars(workdir / "runs" / "p")["lr"]]
     assert lrs == pytest.approx([suggestion] * 2, rel=1e-6)
 
