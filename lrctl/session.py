@@ -21,6 +21,10 @@ It never prints or prompts: it reports through an :class:`Observer`. Opening is 
 prompt can appear at once: :meth:`RunSession.open` (no torch: lock, config check, journal) and
 :meth:`RunSession.load` (torch, model, checkpoint, TensorBoard), which the CLI runs in a background
 thread while the first question waits for an answer.
+
+Size: about 480 lines, over the project's 450: the consistency points (load with what it found, save,
+rollback, undo and its completion after a kill, fork, close) each need the whole session at once;
+everything that stands alone is already a collaborator above.
 """
 
 from __future__ import annotations
