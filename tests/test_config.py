@@ -288,3 +288,25 @@ def test_unknown_keys_and_out_of_range_values_are_listed_together():
     for said in ("unknown section [foo]", "model.hiden: unknown key (did you mean 'hidden'?)",
                  "data.rows: must be > 0", "train.batch_size: must be > 0"):
         assert said in text, text
+
+
+def test_configs_lesson_toml_lists_every_key_at_its_default():
+    """``configs/lesson.toml`` says it lists every key at its default: a new key must appear there."""
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    from lrctl.config import RunConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "lesson.toml"
+    listed = tomllib.loads(path.read_text())
+    keys = "\n".join(path.read_text().splitlines())
+    defaults = RunConfig()
+    for section in ("data", "model", "train"):
+        for f in dataclasses.fields(getattr(defaults, section)):
+            default = getattr(getattr(defaults, section), f.name)
+            written = listed.get(section, {}).get(f.name)
+            # a key with no TOML value by default (None) is shown commented out
+            assert written is not None or f"# {f.name} =" in keys, f"configs/lesson.toml lacks {section}.{f.name}"
+            if written is not None:
+                assert written == (list(default) if isinstance(default, tuple) else default), (section, f.name)
