@@ -12,12 +12,11 @@ import sys
 
 import pytest
 
-from lrctl import _faults
 from lrctl.cli import main
 from lrctl.config import RunConfig, with_overrides
 from lrctl.runs_table import list_runs
 from lrctl.session import RunSession
-from tests.test_lifecycle import SimKill, simulate_kill
+from tests.test_lifecycle import SimKill, kill_during, simulate_kill
 
 NEVER = float("inf")
 
@@ -32,18 +31,12 @@ def _run_killed_inside_undo(runs, journal_writes_before_kill: int) -> None:
     session.train(1, "0.01")
     seen = {"n": 0}
 
-    def kill(name: str) -> None:
+    def after_the_intent(name: str) -> bool:
         if name == "write journal.jsonl" and session.store.interrupted_undo() is not None:
             seen["n"] += 1
-            if seen["n"] == journal_writes_before_kill:
-                raise SimKill(name)
+        return seen["n"] == journal_writes_before_kill
 
-    _faults.install(kill)
-    try:
-        with pytest.raises(SimKill):
-            session.undo()
-    finally:
-        _faults.install(None)
+    kill_during(session.undo, at=after_the_intent)
     simulate_kill(session)
 
 
@@ -90,16 +83,9 @@ def _partial_fork(runs) -> None:
     session.load()
     session.train(2, "0.03")
 
-    def kill(name: str) -> None:
-        if name.startswith("write journal"):  # the fork's "forked" line: its files are copied by then
-            raise SimKill(name)
-
-    _faults.install(kill)
-    try:
-        with pytest.raises(SimKill):
-            copy_for_fork(session.store, "f", session.global_step)
-    finally:
-        _faults.install(None)
+    # the fork's "forked" line: its files are copied by then
+    kill_during(lambda: copy_for_fork(session.store, "f", session.global_step),
+                at=lambda name: name.startswith("write journal"))
     simulate_kill(session)
 
 
@@ -162,16 +148,8 @@ def test_an_undo_killed_at_the_finish_question_does_not_offer_the_dropped_work(t
     session.load()
     assert session.pending is not None
 
-    def kill(name: str) -> None:
-        if name == "write journal.jsonl" and session.store.interrupted_undo() is not None:
-            raise SimKill(name)
-
-    _faults.install(kill)
-    try:
-        with pytest.raises(SimKill):
-            session.undo()
-    finally:
-        _faults.install(None)
+    kill_during(session.undo,
+                at=lambda name: name == "write journal.jsonl" and session.store.interrupted_undo() is not None)
     simulate_kill(session)
     code, out = _main(["--run", "r", "--runs-dir", str(runs)], "y\nn\n", monkeypatch, capsys)
     assert code == 0, out

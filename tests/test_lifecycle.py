@@ -28,6 +28,7 @@ import os
 import queue
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,22 @@ def simulate_kill(session: RunSession) -> None:
     if session.store._lock is not None:
         session.store._lock.release()
         session.store._lock = None
+
+
+def kill_during(action: Callable[[], object], at: Callable[[str], bool]) -> None:
+    """Run ``action`` with a simulated ``kill -9`` at the first durable write point that ``at`` names
+    (the caller then does what the kernel does: :func:`simulate_kill`)."""
+
+    def hook(name: str) -> None:
+        if at(name):
+            raise SimKill(name)
+
+    _faults.install(hook)
+    try:
+        with pytest.raises(SimKill):
+            action()
+    finally:
+        _faults.install(None)
 
 
 def copy_keeping_hard_links(src: Path, dst: Path) -> None:

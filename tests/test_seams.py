@@ -23,7 +23,7 @@ from lrctl.runs_table import list_runs
 from lrctl.runstore import CHECKPOINT_FILE, CHECKPOINT_META_FILE, PENDING_FILE, RunError, RunStore
 from lrctl.session import Observer, RunSession
 from tests.conftest import assert_states_equal, read_checkpoint
-from tests.test_lifecycle import SimKill, check_tensorboard, simulate_kill, tb_scalars_multiplexer
+from tests.test_lifecycle import SimKill, check_tensorboard, kill_during, simulate_kill, tb_scalars_multiplexer
 
 NEVER = float("inf")
 
@@ -458,16 +458,9 @@ def test_a_fork_killed_while_copying_leaves_no_run_and_its_name_free(tmp_path):
     runs = tmp_path / "runs"
     session = open_run(runs)
     session.train(2, "0.03")
-    def kill_after_the_checkpoints_are_copied(name: str) -> None:
-        if name.startswith("write journal"):  # the fork's "forked" line: its files are copied by then
-            raise SimKill(name)
-
-    _faults.install(kill_after_the_checkpoints_are_copied)
-    try:
-        with pytest.raises(SimKill):
-            copy_for_fork(session.store, "f", session.global_step)
-    finally:
-        _faults.install(None)
+    # the fork's "forked" line: its files are copied by then
+    kill_during(lambda: copy_for_fork(session.store, "f", session.global_step),
+                at=lambda name: name.startswith("write journal"))
     partial = RunStore(runs, "f")
     assert not partial.exists and (partial.dir / CHECKPOINT_FILE).exists()
     assert "f" not in {r.name for r in list_runs(runs)}
