@@ -279,12 +279,14 @@ class RunStore(CheckpointFiles):
     def damage_seen_without_torch(self) -> bool:
         """Whether opening this run will fall back, rebuild or warn (then it is loaded before any question):
         a checkpoint file missing or not matching its checksum, or a damaged checksum or pending file; or
-        an undo a kill interrupted (the open finishes it: the run is not where its checkpoint says)."""
+        an undo a kill interrupted (the open finishes it: the run is not where its checkpoint says); or
+        repairs an earlier open made and was killed before saying (they are said before any question)."""
         if not self.has_checkpoint():
             return False
         latest_missing = not (self.dir / CHECKPOINT_FILE).exists()
         return bool(latest_missing or self.check_checkpoints()[1] or self.previous_problem() or self.meta_problem()
-                    or self.pending_problem() or self.pending_file_lost() or self.interrupted_undo() is not None)
+                    or self.pending_problem() or self.pending_file_lost() or self.interrupted_undo() is not None
+                    or self.unsaid_recovery())
 
     def unsaid_recovery(self) -> list[str]:
         """What the last open found and journaled (``recovering``) but never said: it was killed before

@@ -155,3 +155,33 @@ def test_an_undo_killed_at_the_finish_question_does_not_offer_the_dropped_work(t
     assert code == 0, out
     assert "Finish the interrupted chunk" not in out and "finishing the interrupted work" not in out, out
     assert out.index("an undo from epoch 3 to 0 was interrupted") < out.index("Continue training?"), out
+
+
+def test_repairs_a_killed_open_made_are_said_before_the_first_question(tmp_path, monkeypatch, capsys):
+    """An open of a damaged run killed after its repairs: nothing on disk is damaged any more, yet the
+    next ``lrctl --run`` loads first and says what was found before it asks anything."""
+    from lrctl.runstore import CHECKPOINT_FILE
+
+    runs = tmp_path / "runs"
+    cfg = with_overrides(RunConfig(), ["data.rows=300"])
+    session = RunSession.open(runs, "r", cfg, save_every=float("inf"))
+    session.load()
+    session.train(2, "0.03")
+    session.close()
+    latest = runs / "r" / CHECKPOINT_FILE
+    latest.write_bytes(latest.read_bytes()[:100])
+    session = RunSession.open(runs, "r", cfg, save_every=float("inf"))
+    renamed = {"done": False}
+
+    def after_the_repaired_checkpoint_is_in_place(name: str) -> bool:
+        if name == f"rename {CHECKPOINT_FILE}":
+            renamed["done"] = True
+            return False
+        return renamed["done"]
+
+    kill_during(session.load, at=after_the_repaired_checkpoint_is_in_place)
+    simulate_kill(session)
+    code, out = _main(["--run", "r", "--runs-dir", str(runs)], "n\n", monkeypatch, capsys)
+    assert code == 0, out
+    said = out.index("found by an earlier start that ended before it could say so")
+    assert said < out.index("Continue training?"), out
