@@ -119,13 +119,16 @@ def _settle_pending(store: RunStore, loaded: LoadedCheckpoint, trainer: Any, fal
         rebuilt, unsure = _replay_journal(snapshot, after, trainer.batches_per_epoch, step)
         if unsure:  # the journal cannot tell: the checkpoint's own copy decides whether work was left
             rebuilt = list(snapshot.get("chunks") or [])
+            later = store.last_command_left(step) if Pending(rebuilt).remaining(step) == 0 else None
+            if later:  # unless the journal's last command came after that copy and is not done
+                rebuilt, snapshot = later, {"chunks": later}
         if Pending(rebuilt).remaining(step) > 0 and fallback_from is None:
             problem = f"{PENDING_FILE} is missing"
         elif fallback_from is None:
             return False, None
     result = recover(loaded_step=trainer.global_step, batches_per_epoch=trainer.batches_per_epoch,
                      fallback_from=fallback_from, file_pending=store.read_pending(), file_problem=problem,
-                     snapshot=loaded.state.get("pending"), events_after_save=after)
+                     snapshot=snapshot or loaded.state.get("pending"), events_after_save=after)
     warnings += result.messages
     return True, result if result.rewritten else None
 

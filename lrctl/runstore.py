@@ -317,12 +317,18 @@ class RunStore(CheckpointFiles):
         if (self.dir / PENDING_FILE).exists():
             return False
         step = self.summary().get("global_step")
+        return self.last_command_left(None if step is None else int(step)) is not None
+
+    def last_command_left(self, step: int | None) -> list[dict[str, Any]] | None:
+        """The chunks of the journal's last command when it reaches past epoch ``step`` (None: any) and was
+        never dropped, rebuilt or undone; else None."""
         for event in reversed(self.read_journal()):
             # the work was dropped (undo and divergence drop it too), rebuilt, or never this run's (a fork's copy)
             # ("undoing": an undo drops the work before it journals itself done)
             if event.get("event") in ("pending_dropped", "pending_recovered", "undoing", "undo", "diverged", "forked"):
-                return False
+                return None
             if event.get("event") == "command":
-                ends = [c["start"] + c["epochs"] for c in event.get("chunks") or [] if isinstance(c, dict)]
-                return step is None or max(ends, default=0) > int(step)
-        return False
+                chunks = [c for c in event.get("chunks") or [] if isinstance(c, dict)]
+                ends = [c["start"] + c["epochs"] for c in chunks]
+                return chunks if step is None or max(ends, default=0) > step else None
+        return None

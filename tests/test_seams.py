@@ -525,3 +525,29 @@ def test_what_a_killed_open_repaired_is_said_by_the_next_one():
         assert not any("earlier start" in r for r in machine.reports), machine.reports  # said once is enough
     finally:
         machine.teardown()
+
+
+def test_a_lost_pending_file_is_reported_when_the_checkpoints_save_line_never_reached_the_journal(tmp_path):
+    """Found by the long simulation: a kill after a checkpoint's renames but before its 'saved' journal
+    line, then a command killed before its first save, then pending.json lost. The checkpoint's own copy
+    of the work said nothing was left, so the command was dropped without a word. Now it is named."""
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    renamed = {"done": False}
+
+    def after_the_renames(name: str) -> bool:
+        renamed["done"] = renamed["done"] or name == f"rename {CHECKPOINT_FILE}"
+        return renamed["done"] and name.startswith("write journal")
+
+    kill_during(lambda: session.run_plan(requests([(2, "0.03")])), at=after_the_renames)
+    simulate_kill(session)
+    session = open_run(runs)
+    assert session.global_step == 2 and session.pending is None
+    kill_during(lambda: session.run_plan(requests([(2, "0.01")])), at=lambda name: name.startswith("write checkpoint"))
+    simulate_kill(session)
+    (runs / "r" / PENDING_FILE).unlink()
+    session = open_run(runs)
+    assert session.global_step == 2
+    assert session.pending is not None or any("2@0.01 from epoch 2" in w for w in session.load_warnings), (
+        session.load_warnings)
+    session.close()
