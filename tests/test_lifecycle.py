@@ -185,6 +185,7 @@ class RunModel:
     crashed: bool = False  # a simulated kill: the journal holds work that was lost
     forked_at: bool = False  # made by fork --at: its journal is the source's, then the fork
     torn_chunk: dict[str, Any] | None = None  # the chunk of the epoch a mid-epoch checkpoint stands in
+    recorded: dict[int, dict[str, Any]] = field(default_factory=dict)  # every command's chunks, by start
 
     def clone(self) -> RunModel:
         return copy.deepcopy(self)
@@ -378,8 +379,13 @@ class Lifecycle(RuleBasedStateMachine):
             m.torn_chunk = None
         else:
             covering = [c for c in m.pending if c["start"] <= m.step < c["start"] + c["epochs"]]
+            running = self.session.chunks[-1] if self.session.chunks else None
+            recorded = m.recorded.get(running["start"]) if running else None
             if covering:
                 m.torn_chunk = covering[0]
+            elif recorded is not None and recorded["expr"] == running["expr"]:
+                # its work was dropped (a fallback): the checkpoint's own last chunk is the one it stands in
+                m.torn_chunk = recorded
             last = self.session.chunks[-1]["start"] if self.session.chunks else None
             if last is not None and (not m.chunk_starts or m.chunk_starts[-1] != last):
                 m.chunk_starts.append(last)
@@ -407,6 +413,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.observer.action = action
         self.faults.countdown = crash_at
         m.pending = [dict(c, changes=[]) for c in chunks]
+        m.recorded.update({c["start"]: c for c in m.pending})
         plan = [(c["epochs"], c["expr"]) for c in chunks]
         try:
             outcome = self.session.run_plan(requests(plan), source="sim")
