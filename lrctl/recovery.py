@@ -73,9 +73,11 @@ def restore(store: RunStore, trainer: Any) -> Restored | None:
     # before then leaves it to be found (and replaced) by the next open, not silently gone.
     torn: list[int] = []
     dropped_all: list[int] = []
+    # (only an epoch boundary is kept again: a mid-epoch state is never a kept checkpoint)
+    rewritten = step if not getattr(trainer, "batch_in_epoch", 0) else None
     for name, damaged in ((CHECKPOINT_FILE, not is_latest), (PREVIOUS_CHECKPOINT_FILE, bool(previous_problem))):
         linked = store.kept_linked_to(name) if damaged else []
-        dropped = [s for s in linked if s != step]
+        dropped = [s for s in linked if s != rewritten]
         if dropped:
             warnings.append(f"kept checkpoints damaged with {name} removed (undo and fork --at cannot use "
                             f"them): {dropped}")
@@ -91,7 +93,7 @@ def restore(store: RunStore, trainer: Any) -> Restored | None:
                       chunks=rebuilt.pending.chunks if rebuilt.pending else None, why=rebuilt.messages)
     store.drop_kept(pruned + dropped_all)
     heal = bool(loaded.warnings or meta_problem or previous_problem or pending_changed)
-    return Restored(list(loaded.state.get("chunks") or []), warnings, heal, step in torn)
+    return Restored(list(loaded.state.get("chunks") or []), warnings, heal, rewritten in torn)
 
 
 def _last_saved_step(store: RunStore) -> int:

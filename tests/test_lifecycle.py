@@ -646,6 +646,10 @@ class Lifecycle(RuleBasedStateMachine):
 
         self._close()
         kept = RunStore(self.runs, self.name).kept_steps()
+        if not kept:  # every kept checkpoint went with a damaged file (said when the run was opened)
+            assert self.model.damaged
+            self._open()
+            return
         at = kept[pick % len(kept)]
         self.forks += 1
         new = f"f{self.forks}"

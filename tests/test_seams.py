@@ -551,3 +551,20 @@ def test_a_lost_pending_file_is_reported_when_the_checkpoints_save_line_never_re
     assert session.pending is not None or any("2@0.01 from epoch 2" in w for w in session.load_warnings), (
         session.load_warnings)
     session.close()
+
+
+def test_a_damaged_kept_checkpoint_of_a_mid_epoch_run_is_dropped_not_kept_for_rewriting():
+    """Found by the long simulation: a run standing mid-epoch at epoch 0 with a damaged previous checkpoint
+    kept the damaged kept file of epoch 0 "to be replaced", but a mid-epoch state is never kept, so undo
+    then tried to load the damaged file. Now only an epoch boundary's kept file waits to be rewritten."""
+    from tests.test_lifecycle import Lifecycle
+
+    machine = Lifecycle()
+    machine.setup(checkpoint_every=0, save_every=0.0)
+    try:
+        machine.crash(crash_at=22, epochs=1, expression="0.03")
+        assert machine.session.trainer.batch_in_epoch > 0
+        machine.damage(target_file="checkpoint.prev.pt", how="truncate", kill_while_loading=1)
+        machine.undo()  # the rule: refused only when the kept file is gone, never a damaged file loaded
+    finally:
+        machine.teardown()
