@@ -83,7 +83,6 @@ class CheckpointFiles:
         known = meta.get("sha256", {})
         verified = latest_sha is not None and latest_sha in (known.get(CHECKPOINT_FILE), self._loaded_latest)
         rotate = verified and not replace_latest
-        good: set[str] | list[str]
         if rotate:
             # The old previous file stays listed: a kill between this checksum file and the renames
             # leaves it in place, and it must still verify then. So do the files the last checksum file
@@ -101,13 +100,13 @@ class CheckpointFiles:
             prev_sha = self._file_sha(previous)
             prev_ok = prev_sha is not None and prev_sha in (known.get(PREVIOUS_CHECKPOINT_FILE),
                                                             known.get(CHECKPOINT_FILE))
-            good = {sha} | ({prev_sha} if prev_ok else set())
+            good = [sha] + ([prev_sha] if prev_ok and prev_sha != sha else [])
             prev_summary = (meta.get("previous_summary") if prev_sha == known.get(PREVIOUS_CHECKPOINT_FILE)
                             else meta.get("summary")) if prev_ok else None
             prev_sha = prev_sha if prev_ok else None
         try:
             new_meta = {"sha256": {CHECKPOINT_FILE: sha, PREVIOUS_CHECKPOINT_FILE: prev_sha},
-                        "good": list(good) if isinstance(good, list) else sorted(good), "summary": summary,
+                        "good": good, "summary": summary,
                         "previous_summary": prev_summary}
             atomic_write(self.dir / CHECKPOINT_META_FILE, json.dumps(new_meta).encode())
             if rotate:
