@@ -311,3 +311,10 @@ class CheckpointFiles:
 
     def kept_path(self, step: int) -> Path:
         return self.dir / KEPT_DIR / f"step-{step:08d}.pt"
+
+    def tidy_temp_files(self) -> None:
+        """At open, under the lock: remove the temp files of checkpoint saves a kill interrupted (a
+        checkpoint's size each; no one else writes them while the lock is held)."""
+        for path in self.dir.glob(f".{CHECKPOINT_FILE}.*.tmp"):
+            with contextlib.suppress(OSError):
+                path.unlink()

@@ -381,8 +381,11 @@ class Trainer:
 
     def fit_rec(self, epochs: int, *, on_epoch_end: Callable[[EpochRecord], None] | None = None,
                 on_batch_end: Callable[[int, int], None] | None = None,
-                should_stop: Callable[[], bool] | None = None) -> list[EpochRecord]:
+                should_stop: Callable[[], bool] | None = None,
+                on_epoch_start: Callable[[], None] | None = None) -> list[EpochRecord]:
         """Train ``epochs`` epochs, recording train/test metric after each.
+
+        ``on_epoch_start``: called before each epoch touches the model or the random streams.
 
         Stops early (after a completed epoch) when ``should_stop()`` is true. Raises
         :class:`Diverged` when the loss is no longer finite; that epoch is not recorded.
@@ -390,6 +393,8 @@ class Trainer:
         records = []
         torch.set_num_threads(self.threads)  # per OS thread (OpenMP): the CLI builds the trainer on a loader thread
         for _ in range(epochs):
+            if on_epoch_start is not None:
+                on_epoch_start()
             started = time.perf_counter()
             if not self.batch_in_epoch:
                 self._epoch_start_lr = self.lr

@@ -120,6 +120,7 @@ class RunStore(CheckpointFiles):
         except OSError as e:
             raise RunError(f"cannot lock run directory {self.dir}: {e.strerror or e}") from None
         self._lock = lock
+        self.tidy_temp_files()
         note = None
         info_path = self.dir / LOCK_INFO_FILE
         if info_path.exists():  # the kernel released a dead holder's lock; its info file stayed

@@ -351,12 +351,19 @@ class RunSession:
 
     # -- epoch boundaries -------------------------------------------------------------------
     def mark_boundary(self) -> None:
+        """The trainer stands at an epoch boundary, where an abandoned or diverged epoch goes back to;
+        copied when an epoch starts from it (:meth:`epoch_starting`)."""
         if self._boundary is None:
             from lrctl.snapshot import EpochSnapshot
 
             self._boundary = EpochSnapshot()
-        self._boundary.take(self.trainer)
+        self._boundary.mark(self.trainer)
         self._boundary_chunks = [dict(c) for c in self.chunks]
+
+    def epoch_starting(self) -> None:
+        """Before an epoch's first step: the boundary it starts from is copied now."""
+        if self._boundary is not None:
+            self._boundary.copy_marked()
 
     def rollback(self) -> None:
         """Go back to the last epoch boundary (after an abandoned or diverged epoch): the in-memory copy

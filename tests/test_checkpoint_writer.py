@@ -52,3 +52,71 @@ def test_a_kill_while_writing_leaves_no_temp_file(tmp_path, where):
         _faults.install(None)
     assert list(tmp_path.iterdir()) == []
     assert torch.serialization.get_crc32_options()
+
+
+def _large_state() -> dict:
+    """Several direct-write blocks, a size no block divides, and small records between large ones."""
+    g = torch.Generator().manual_seed(1)
+    return {"model": {"w1": torch.randn(1500, 1001, generator=g), "b1": torch.randn(13, generator=g),
+                      "w2": torch.randn(2, 700_003, generator=g)}, "step": 9, "history": [{"train": 0.25}] * 50}
+
+
+def _reference_bytes(state: dict) -> bytes:
+    import io
+
+    was = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        return buf.getvalue()
+    finally:
+        torch.serialization.set_crc32_options(was)
+
+
+def _direct_io_here(path) -> bool:
+    from lrctl import checkpoint_writer
+
+    with open(path / "probe", "wb") as f:
+        return checkpoint_writer._set_direct(f.fileno(), True)
+
+
+def test_a_large_state_is_written_in_direct_blocks_byte_for_byte(tmp_path, monkeypatch):
+    from lrctl import checkpoint_writer
+
+    blocks: list[int] = []
+    real = checkpoint_writer._HashingFile._write_block
+    monkeypatch.setattr(checkpoint_writer._HashingFile, "_write_block",
+                        lambda self, length: (blocks.append(length), real(self, length))[1])
+    state = _large_state()
+    tmp, sha = write_checkpoint(tmp_path / "checkpoint.pt", state)
+    data = tmp.read_bytes()
+    assert data == _reference_bytes(state) and sha == hashlib.sha256(data).hexdigest()
+    assert torch.equal(torch.load(tmp, weights_only=True)["model"]["w2"], state["model"]["w2"])
+    if _direct_io_here(tmp_path):  # ext4, xfs, btrfs: the page cache is bypassed, in aligned blocks
+        assert len(blocks) >= 3 and all(n % checkpoint_writer._ALIGN == 0 for n in blocks)
+
+
+@pytest.mark.parametrize("how", ["no O_DIRECT here", "EINVAL on the second block"])
+def test_without_direct_io_the_bytes_are_the_same(tmp_path, monkeypatch, how):
+    """A file system without O_DIRECT (tmpfs, macOS), or a device that refuses the alignment midway."""
+    from lrctl import checkpoint_writer
+
+    if how == "no O_DIRECT here":
+        monkeypatch.setattr(checkpoint_writer, "_set_direct", lambda fd, on: False)
+    else:
+        if not _direct_io_here(tmp_path):
+            pytest.skip("this file system has no O_DIRECT")
+        calls = []
+        real_write = checkpoint_writer.os.write
+
+        def refusing(fd, data):
+            calls.append(len(data))
+            if len(calls) == 2:
+                raise OSError(22, "Invalid argument")
+            return real_write(fd, data)
+
+        monkeypatch.setattr(checkpoint_writer.os, "write", refusing)
+    state = _large_state()
+    tmp, sha = write_checkpoint(tmp_path / "checkpoint.pt", state)
+    assert tmp.read_bytes() == _reference_bytes(state) and sha == hashlib.sha256(tmp.read_bytes()).hexdigest()

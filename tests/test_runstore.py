@@ -107,6 +107,60 @@ def test_failed_write_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch):
     store.close()
 
 
+def test_a_disk_full_in_the_middle_of_a_large_checkpoint_leaves_the_last_one_intact(tmp_path, monkeypatch):
+    """Past the first blocks of the writer's own writes (direct I/O where the file system has it)."""
+    import torch
+
+    from lrctl import checkpoint_writer
+
+    store = RunStore(tmp_path, "r")
+    store.acquire()
+    store.save_checkpoint(_tiny_state(1), {"global_step": 1})
+    before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    if not _direct_io_here(tmp_path):
+        pytest.skip("this file system has no O_DIRECT (the writer's blocks go through the file object)")
+    writes, real_write = [], checkpoint_writer.os.write
+
+    def fills_up(fd, data):
+        writes.append(len(data))
+        if len(writes) == 2:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(checkpoint_writer.os, "write", fills_up)
+    big = {"model": {"w": torch.zeros(3_000_000)}, "global_step": 2}
+    with pytest.raises(RunError, match="No space left on device.*previous checkpoint is intact"):
+        store.save_checkpoint(big, {"global_step": 2})
+    monkeypatch.undo()
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
+    assert not list((tmp_path / "r").glob(".*.tmp"))
+    assert store.load_checkpoint().state["global_step"] == 1
+    store.close()
+
+
+def _direct_io_here(path) -> bool:
+    from lrctl import checkpoint_writer
+
+    with open(path / "probe", "wb") as f:
+        return checkpoint_writer._set_direct(f.fileno(), True)
+
+
+def test_a_killed_saves_temp_file_is_removed_at_the_next_open(tmp_path):
+    store = RunStore(tmp_path, "r")
+    store.acquire()
+    store.save_checkpoint(_tiny_state(1), {"global_step": 1})
+    store.close()
+    left = tmp_path / "r" / ".checkpoint.pt.4242.tmp"  # what a kill -9 inside a save leaves (38 MB at 10M)
+    left.write_bytes(b"partial")
+    other = tmp_path / "r" / ".pending.json.4242.tmp"
+    other.write_bytes(b"{")
+    store = RunStore(tmp_path, "r")
+    store.acquire()
+    assert not left.exists() and other.exists()  # only checkpoint temps: the others are small
+    assert store.load_checkpoint().state["global_step"] == 1
+    store.close()
+
+
 def test_unwritable_runs_dir_is_a_clear_error(workdir):
     (workdir / "runs").write_text("a file, not a directory")
     result = run_main(["--run", "r", "--plan", "1@0.1"], workdir)
