@@ -1,9 +1,9 @@
 """The training engine: one persistent model and optimizer, trained chunk by chunk with ``fit_rec``.
 
-The engine never prompts or prints. It reports through callbacks (``on_epoch_end``,
-``on_batch_end``) and asks ``should_stop`` at every epoch end. The batch loop slices in-memory
-tensors and never forces a device-to-host sync: metrics are computed on the device after the
-epoch and read once, with one ``tolist()``.
+The engine never prompts or prints. It reports through callbacks (``on_epoch_start``, before an
+epoch touches the model or random streams; ``on_epoch_end``, ``on_batch_end``) and asks ``should_stop``
+at every epoch end. The batch loop slices in-memory tensors and never forces a device-to-host sync:
+metrics are computed on the device after the epoch and read once, with one ``tolist()``.
 
 >>> from lrctl.config import RunConfig; from lrctl.schedules import parse
 >>> trainer = Trainer(RunConfig())
@@ -384,8 +384,6 @@ class Trainer:
                 should_stop: Callable[[], bool] | None = None,
                 on_epoch_start: Callable[[], None] | None = None) -> list[EpochRecord]:
         """Train ``epochs`` epochs, recording train/test metric after each.
-
-        ``on_epoch_start``: called before each epoch touches the model or the random streams.
 
         Stops early (after a completed epoch) when ``should_stop()`` is true. Raises
         :class:`Diverged` when the loss is no longer finite; that epoch is not recorded.

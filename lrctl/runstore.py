@@ -44,6 +44,7 @@ from lrctl.durable import (  # noqa: F401  (re-exported)
     atomic_write,
     fsync_dir,
     now_iso,
+    stat_key,
     write_synced,
 )
 
@@ -87,6 +88,37 @@ class Pending:
         return f"{left} epoch{'s' if left != 1 else ''} left" + (f" in {n} chunks" if n > 1 else "")
 
 
+@dataclass
+class _JournalFacts:
+    """What opening a run asks of its journal (see :meth:`RunStore._journal_facts`)."""
+
+    unsaid: list[str]  # warnings journaled (``recovering``) and not yet said (``recovery_said``)
+    undoing: dict[str, Any] | None  # an undo's intent that no ``undo``/``undo_abandoned`` finished
+    last_command: list[dict[str, Any]] | None  # the last command's chunks unless dropped/rebuilt/undone since
+
+    @classmethod
+    def of(cls, events: list[dict[str, Any]]) -> _JournalFacts:
+        unsaid: list[str] = []
+        undoing = last_command = None
+        for event in events:
+            kind = event.get("event")
+            if kind == "recovering":
+                unsaid = [str(w) for w in event.get("warnings") or []]
+            elif kind == "recovery_said":
+                unsaid = []
+            if kind == "undoing":
+                undoing = event
+            elif kind in ("undo", "undo_abandoned"):
+                undoing = None
+            # the work was dropped (undo and divergence drop it too), rebuilt, or never this run's (a fork's
+            # copy) ("undoing": an undo drops the work before it journals itself done)
+            if kind in ("pending_dropped", "pending_recovered", "undoing", "undo", "diverged", "forked"):
+                last_command = None
+            elif kind == "command":
+                last_command = [c for c in event.get("chunks") or [] if isinstance(c, dict)]
+        return cls(unsaid, undoing, last_command)
+
+
 class RunStore(CheckpointFiles):
     """Files of one run. Create with :meth:`open`; call :meth:`close` (or use ``with``) to release the lock."""
 
@@ -95,6 +127,7 @@ class RunStore(CheckpointFiles):
         super().__init__(self.runs_dir / check_run_name(name), name)
         self._lock = None
         self._journal: io.TextIOWrapper | None = None
+        self._facts: tuple[tuple[int, int] | None, _JournalFacts] | None = None  # keyed by the journal's stat
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -292,25 +325,12 @@ class RunStore(CheckpointFiles):
     def unsaid_recovery(self) -> list[str]:
         """What the last open found and journaled (``recovering``) but never said: it was killed before
         the warnings reached the user (``recovery_said``). Empty when everything was said."""
-        unsaid: list[str] = []
-        for event in self.read_journal():
-            kind = event.get("event")
-            if kind == "recovering":
-                unsaid = [str(w) for w in event.get("warnings") or []]
-            elif kind == "recovery_said":
-                unsaid = []
-        return unsaid
+        return list(self._journal_facts().unsaid)
 
     def interrupted_undo(self) -> dict[str, Any] | None:
         """The journal's last ``undoing`` intent when no ``undo`` (done) or ``undo_abandoned`` follows it."""
-        intent = None
-        for event in self.read_journal():
-            kind = event.get("event")
-            if kind == "undoing":
-                intent = event
-            elif kind in ("undo", "undo_abandoned"):
-                intent = None
-        return intent
+        intent = self._journal_facts().undoing
+        return dict(intent) if intent is not None else None
 
     def pending_file_lost(self) -> bool:
         """``pending.json`` is absent, yet the journal's last command reaches past the checkpoint's epoch and
@@ -323,13 +343,16 @@ class RunStore(CheckpointFiles):
     def last_command_left(self, step: int | None) -> list[dict[str, Any]] | None:
         """The chunks of the journal's last command when it reaches past epoch ``step`` (None: any) and was
         never dropped, rebuilt or undone; else None."""
-        for event in reversed(self.read_journal()):
-            # the work was dropped (undo and divergence drop it too), rebuilt, or never this run's (a fork's copy)
-            # ("undoing": an undo drops the work before it journals itself done)
-            if event.get("event") in ("pending_dropped", "pending_recovered", "undoing", "undo", "diverged", "forked"):
-                return None
-            if event.get("event") == "command":
-                chunks = [c for c in event.get("chunks") or [] if isinstance(c, dict)]
-                ends = [c["start"] + c["epochs"] for c in chunks]
-                return chunks if step is None or max(ends, default=0) > step else None
-        return None
+        chunks = self._journal_facts().last_command
+        if chunks is None:
+            return None
+        ends = [c["start"] + c["epochs"] for c in chunks]
+        return [dict(c) for c in chunks] if step is None or max(ends, default=0) > step else None
+
+    def _journal_facts(self) -> _JournalFacts:
+        """The three answers above, from one reading of the journal (opening a run asks all of them,
+        some twice); read again when the journal changed."""
+        key = stat_key(self.dir / JOURNAL_FILE)
+        if self._facts is None or key is None or self._facts[0] != key:
+            self._facts = (key, _JournalFacts.of(self.read_journal()))
+        return self._facts[1]
