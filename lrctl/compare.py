@@ -71,6 +71,7 @@ def run_all(runs_dir: Path, name: str, plans: list[list[tuple[int, str]]], plan_
         session = RunSession.open(group, run, run_cfg, save_every=30.0)
         try:
             session.load()
+            session.say_warnings(lambda warning, run=run: report(f"{run}: {warning}"))  # a damaged member's fallback
             total = sum(epochs for epochs, _ in plan)
             outcome = None
             if session.global_step == 0:

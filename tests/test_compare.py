@@ -34,3 +34,19 @@ def test_compare_refuses_a_plan_no_new_run_can_train_before_any_run_is_made(tmp_
     assert code == 2
     assert f"lrctl: compare: plan '{plan}': " in err.out + err.err and message in err.out + err.err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_member_run_whose_checkpoint_is_damaged_says_so_and_finishes(tmp_path, capsys):
+    """A second compare over a member whose latest checkpoint was cut: its fallback is said, with the run."""
+    from lrctl.cli import main
+
+    args = ["compare", "--plans", "2@0.03;2@0.01", "--name", "dmg", "--runs-dir", str(tmp_path)]
+    assert main(args) == 0
+    latest = tmp_path / "dmg" / "2x0.03_2x0.01" / "checkpoint.pt"
+    latest.write_bytes(latest.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2x0.03_2x0.01: checkpoint.pt is corrupt or truncated (checksum mismatch)" in out
+    assert "2x0.03_2x0.01: falling back to checkpoint.prev.pt" in out
+    assert "[1/1] 2@0.03;2@0.01: train_mse" in out  # and it finished the epochs the fallback lost
