@@ -116,3 +116,35 @@ def test_a_divergence_goes_back_exactly_to_its_epochs_start_and_the_next_chunk_c
     _same_training(again.trainer.state_dict(), final)
     again.close()
     assert read_scalars(runs / "r") == read_scalars(runs / "ref")
+
+
+def test_ctrl_c_twice_while_a_chunk_starts_abandons_its_first_epoch_before_it_trains(tmp_path):
+    """Both presses between 'training epochs ...' and the first batch (the chunk's keep save, the progress
+    bars; a few hundred ms on a big model, found through a pseudo-terminal). Before: the second press was
+    dropped, the first one trained a whole epoch and the chunk 'stopped at epoch 3'."""
+    from lrctl.repl import ChunkInterrupts
+
+    class Warnings:
+        def __init__(self) -> None:
+            self.said: list[str] = []
+
+        def warn(self, text: str) -> None:
+            self.said.append(text)
+
+    runs = tmp_path / "runs"
+    _, final = _reference(runs, [(2, "0.003"), (3, "0.001")])
+    session, observer = _open(runs, "r")
+    session.train(2, "0.003")
+    before = copy.deepcopy(session.trainer.state_dict())
+    view = Warnings()
+    interrupts = ChunkInterrupts(session, view)
+    observer.chunk_started = lambda *args: (interrupts.press(from_signal=True), interrupts.press(from_signal=True))
+    outcome = session.train(3, "0.001")
+    assert (outcome.status, outcome.step, outcome.dropped) == ("abandoned", 2, 0), view.said
+    assert_states_equal(session.trainer.state_dict(), before)
+    assert session.pending is not None and session.pending.chunks[0]["epochs"] == 3  # the command stays pending
+    observer.chunk_started = lambda *args: None
+    assert session.finish_pending().status == "done"
+    assert_states_equal(session.trainer.state_dict(), final)
+    session.close()
+    assert read_scalars(runs / "r") == read_scalars(runs / "ref")
