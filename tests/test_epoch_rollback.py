@@ -148,3 +148,32 @@ def test_ctrl_c_twice_while_a_chunk_starts_abandons_its_first_epoch_before_it_tr
     assert_states_equal(session.trainer.state_dict(), final)
     session.close()
     assert read_scalars(runs / "r") == read_scalars(runs / "ref")
+
+
+@pytest.mark.xfail(strict=True, reason="open defect (h28): the rollback of an epoch resumed mid-way goes back to "
+                   "the resume point, and every later command first finishes that epoch at the diverging lr")
+def test_a_divergence_in_an_epoch_resumed_mid_way_leaves_a_run_that_can_train_again(tmp_path):
+    """A mid-epoch checkpoint in an epoch that is going to diverge (weights still finite at the save), a
+    ``kill -9``, a resume: the epoch diverges and goes back to where this process resumed it (batch 1, its
+    start is not in memory), the pending work dropped. Every later command first finishes that torn epoch
+    with the schedule it had (lr 3000), diverges again and is dropped: the run cannot train until an undo."""
+    from tests.test_lifecycle import SimKill, simulate_kill
+
+    runs = tmp_path / "runs"
+    session, observer = _open(runs, "r")
+
+    def killed_after_a_mid_epoch_save(batch: int, batches: int) -> None:
+        if (session.trainer.global_step, batch) == (2, 1):
+            session.save_here()
+            raise SimKill("after the mid-epoch save")
+
+    observer.batch_done = killed_after_a_mid_epoch_save
+    with pytest.raises(SimKill):
+        session.run_plan(requests([(2, "0.003"), (3, "3e3")]))
+    simulate_kill(session)
+    session, _ = _open(runs, "r")
+    assert (session.global_step, session.trainer.batch_in_epoch) == (2, 1)
+    assert session.finish_pending().status == "diverged"
+    outcome = session.train(1, "0.001")
+    session.close()
+    assert outcome.status == "done", outcome
