@@ -314,7 +314,8 @@ class CheckpointFiles:
 
     def tidy_temp_files(self) -> None:
         """At open, under the lock: remove the temp files of checkpoint saves a kill interrupted (a
-        checkpoint's size each; no one else writes them while the lock is held)."""
-        for path in self.dir.glob(f".{CHECKPOINT_FILE}.*.tmp"):
+        checkpoint's size each; no one else writes them while the lock is held), and a kept checkpoint's
+        staged hard link (``kept/step-N.pt.tmp``: it holds a replaced checkpoint's bytes on disk)."""
+        for path in [*self.dir.glob(f".{CHECKPOINT_FILE}.*.tmp"), *self.dir.glob(f"{KEPT_DIR}/step-*.pt.tmp")]:
             with contextlib.suppress(OSError):
                 path.unlink()

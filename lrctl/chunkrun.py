@@ -114,6 +114,8 @@ class ChunkRun:
         session.observer.chunk_started(trainer.global_step, todo, label, trainer.batches_per_epoch)
         try:
             session.in_epochs = True  # a second Ctrl-C abandons an epoch only while epochs run
+            if stop.abandon and not session.ranks.shared:  # ... or pressed while the chunk was starting
+                raise KeyboardInterrupt
             trainer.fit_rec(todo, on_epoch_end=self._epoch_done, on_batch_end=self._batch_boundary,
                             should_stop=lambda: session.ranks.any_stop(stop.stop_after_epoch, trainer),
                             on_epoch_start=session.epoch_starting)

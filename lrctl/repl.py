@@ -150,7 +150,11 @@ class ChunkInterrupts:
             session.stop.request("abandon")
             self.view.warn("abandoning this epoch on every rank at the next batch")
             return
-        if not session.in_epochs:  # the chunk is starting or ending: no epoch to abandon, nothing to tear
+        if not session.in_epochs:
+            # The chunk is starting (its keep save, PyTorch's first batches not begun) or ending: nothing to
+            # tear now. Starting, its first epoch is abandoned before it trains (before: this press was lost,
+            # and the first one trained a whole epoch); ending, the request is spent with the command.
+            session.stop.request("abandon")
             return
         if session.in_critical:  # never tear a checkpoint write; abandon right after it
             session.abort_after_critical = True

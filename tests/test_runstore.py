@@ -161,6 +161,27 @@ def test_a_killed_saves_temp_file_is_removed_at_the_next_open(tmp_path):
     store.close()
 
 
+def test_a_kept_checkpoints_staged_link_left_by_a_kill_is_removed_at_the_next_open(tmp_path):
+    """A kill between ``os.link`` and the rename of a keep left ``kept/step-N.pt.tmp``: a hard link that held a
+    replaced checkpoint's bytes on disk for good (only a later keep of the same epoch removed it)."""
+    import os
+
+    store = RunStore(tmp_path, "r")
+    store.acquire()
+    store.save_checkpoint(_tiny_state(1), {"global_step": 1})
+    store.keep_checkpoint(1)
+    staged = tmp_path / "r" / "kept" / "step-00000004.pt.tmp"
+    os.link(tmp_path / "r" / "checkpoint.pt", staged)
+    store.save_checkpoint(_tiny_state(2), {"global_step": 2})
+    store.save_checkpoint(_tiny_state(3), {"global_step": 3})  # the linked file is no run's file any more
+    store.close()
+    store = RunStore(tmp_path, "r")
+    store.acquire()
+    assert not staged.exists() and store.kept_steps() == [1]
+    assert store.load_kept(1)["global_step"] == 1
+    store.close()
+
+
 def test_unwritable_runs_dir_is_a_clear_error(workdir):
     (workdir / "runs").write_text("a file, not a directory")
     result = run_main(["--run", "r", "--plan", "1@0.1"], workdir)
