@@ -57,7 +57,7 @@ class Session(Protocol):
     def save_unsaved(self) -> None: ...
     def mark_boundary(self) -> None: ...
     def epoch_starting(self) -> None: ...
-    def rollback(self) -> None: ...
+    def rollback(self, diverged: bool = False) -> None: ...
     def drop_pending(self, reason: str, complete: bool = True) -> None: ...
     def log_intervention(self, text: str, step: int | None = None) -> None: ...
 
@@ -179,14 +179,14 @@ class ChunkRun:
         session.store.journal("interrupted", durable=True, how="abandon", step=trainer.global_step,
                               dropped=dropped, dropped_changes=lost)
         session.save_unsaved()
-        return ChunkOutcome("abandoned", trainer.global_step, dropped=dropped,
+        return ChunkOutcome("abandoned", trainer.global_step, dropped=dropped, batch=trainer.batch_in_epoch,
                             detail=f"{len(lost)} lr change(s) made in the abandoned epoch dropped" if lost else "")
 
     def _diverged(self, error: Diverged) -> ChunkOutcome:
         """The loss stopped being finite: back to the epoch's start; what was left is dropped."""
         session, trainer = self.session, self.trainer
         was = trainer.global_step + 1  # the diverged epoch is not counted in global_step
-        session.rollback()
+        session.rollback(diverged=True)
         dropped = was - trainer.global_step
         session.drop_pending("diverged", complete=False)
         record = error.record

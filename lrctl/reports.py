@@ -34,3 +34,4 @@ class ChunkOutcome:
     dropped: int = 0
     lr: float | None = None
     detail: str = ""
+    batch: int = 0  # abandoned inside an epoch this process resumed mid-way, whose start is not kept: its batch

@@ -365,14 +365,16 @@ class RunSession:
         if self._boundary is not None:
             self._boundary.copy_marked()
 
-    def rollback(self) -> None:
+    def rollback(self, diverged: bool = False) -> None:
         """Go back to the last epoch boundary (after an abandoned or diverged epoch): the in-memory copy
         taken there, or the last checkpoint when it is as recent."""
         boundary = self._boundary
         if boundary is not None and boundary.step is not None and boundary.step >= (self.saved_step or 0):
             boundary.restore(self.trainer)
             self.chunks = [dict(c) for c in self._boundary_chunks]
-            if self.saved_step == self.trainer.global_step and self.writes:
+            if self.trainer.batch_in_epoch:
+                self._to_kept_epoch_start(earlier=diverged)
+            if self.saved_step is not None and self.saved_step >= self.trainer.global_step and self.writes:
                 # The checkpoint on disk is from inside the dropped epoch: replace it, and keep it from
                 # becoming the fallback (it is in no timeline).
                 self.save(replace_latest=True)
@@ -382,6 +384,22 @@ class RunSession:
             self.chunks = list(state.get("chunks") or [])
             self.saved_step = self.trainer.global_step
         self.logs.purge(self.trainer.global_step, self.trainer.batches_per_epoch)
+
+    def _to_kept_epoch_start(self, earlier: bool) -> None:
+        """The boundary in memory is inside an epoch: this process resumed the epoch from a mid-epoch
+        checkpoint and never held its start. That start from its kept checkpoint (a chunk's start is
+        kept); after a divergence, else the newest kept before it: the rest of the epoch cannot be
+        trained at the lr that diverged, and every later command would first finish it there. Without
+        one the run stays where this process resumed the epoch."""
+        step = self.trainer.global_step
+        for kept in reversed([s for s in self.store.kept_steps() if s == step or (earlier and s < step)]):
+            try:
+                state = self.ranks.synced(lambda kept=kept: self.store.load_kept(kept))
+            except RunError:
+                continue  # damaged: the one before it, or stay
+            self.trainer.load_state_dict(state)
+            self.chunks = list(state.get("chunks") or [])
+            return
 
     # -- live control (lrctl.live) ---------------------------------------------------------------
     def submit(self, command: dict[str, Any]) -> None:

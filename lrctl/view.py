@@ -195,7 +195,9 @@ class View(Observer):
         elif outcome.status == "abandoned":
             dropped = (f"{outcome.dropped} finished epoch{'s' if outcome.dropped != 1 else ''} dropped, rewritten "
                        "when trained again" if outcome.dropped else "no finished epoch dropped")
-            self.warn(f"abandoned epoch {outcome.step}: back to where it began ({dropped}"
+            where = (f"back to batch {outcome.batch}, where this session resumed it (its start is not kept)"
+                     if outcome.batch else "back to where it began")
+            self.warn(f"abandoned epoch {outcome.step}: {where} ({dropped}"
                       + (f"; {outcome.detail}" if outcome.detail else "") + ")")
         elif outcome.status == "diverged":
             self.error(f"diverged: {outcome.detail}; rolled back to epoch {outcome.step}, the last finite "

@@ -150,13 +150,11 @@ def test_ctrl_c_twice_while_a_chunk_starts_abandons_its_first_epoch_before_it_tr
     assert read_scalars(runs / "r") == read_scalars(runs / "ref")
 
 
-@pytest.mark.xfail(strict=True, reason="open defect (h28): the rollback of an epoch resumed mid-way goes back to "
-                   "the resume point, and every later command first finishes that epoch at the diverging lr")
 def test_a_divergence_in_an_epoch_resumed_mid_way_leaves_a_run_that_can_train_again(tmp_path):
     """A mid-epoch checkpoint in an epoch that is going to diverge (weights still finite at the save), a
-    ``kill -9``, a resume: the epoch diverges and goes back to where this process resumed it (batch 1, its
-    start is not in memory), the pending work dropped. Every later command first finishes that torn epoch
-    with the schedule it had (lr 3000), diverges again and is dropped: the run cannot train until an undo."""
+    ``kill -9``, a resume: the epoch diverges. Its start was never in this process's memory; it goes back
+    there through the chunk's kept start (before: to where it resumed, batch 1, and every later command
+    first finished that torn epoch at lr 3000 and diverged again: the run could not train until an undo)."""
     from tests.test_lifecycle import SimKill, simulate_kill
 
     runs = tmp_path / "runs"
@@ -173,7 +171,66 @@ def test_a_divergence_in_an_epoch_resumed_mid_way_leaves_a_run_that_can_train_ag
     simulate_kill(session)
     session, _ = _open(runs, "r")
     assert (session.global_step, session.trainer.batch_in_epoch) == (2, 1)
-    assert session.finish_pending().status == "diverged"
+    diverged = session.finish_pending()
+    assert (diverged.status, diverged.step, session.trainer.batch_in_epoch) == ("diverged", 2, 0)
+    states, _ = _reference(runs, [(2, "0.003")])
+    assert_states_equal(session.trainer.state_dict(), states[2])  # the epoch's start, exactly
     outcome = session.train(1, "0.001")
     session.close()
     assert outcome.status == "done", outcome
+    assert [step for step, _ in read_scalars(runs / "r")["train_mse"]] == [0, 1, 2]  # each epoch once
+
+
+def _resumed_mid_epoch(runs, epoch: int, plan):
+    """A run killed after a mid-epoch checkpoint at batch 1 of ``epoch``, reopened (as ``lrctl resume``)."""
+    from tests.test_lifecycle import SimKill, simulate_kill
+
+    session, observer = _open(runs, "r")
+
+    def killed_after_a_mid_epoch_save(batch: int, batches: int) -> None:
+        if (session.trainer.global_step, batch) == (epoch, 1):
+            session.save_here()
+            raise SimKill("after the mid-epoch save")
+
+    observer.batch_done = killed_after_a_mid_epoch_save
+    with pytest.raises(SimKill):
+        session.run_plan(requests(plan))
+    simulate_kill(session)
+    session, observer = _open(runs, "r", at=(epoch, 3))
+    assert (session.global_step, session.trainer.batch_in_epoch) == (epoch, 1)
+    return session
+
+
+def test_ctrl_c_twice_in_an_epoch_resumed_mid_way_goes_back_to_its_kept_start(tmp_path):
+    """Epoch 2 is its chunk's start, so it is kept: back there exactly, and the command then ends as
+    if never stopped."""
+    runs = tmp_path / "runs"
+    states, final = _reference(runs)
+    session = _resumed_mid_epoch(runs, 2, PLAN)
+    outcome = session.finish_pending()
+    assert (outcome.status, outcome.step, outcome.batch) == ("abandoned", 2, 0)
+    assert_states_equal(session.trainer.state_dict(), states[2])
+    assert session.finish_pending().status == "done"
+    assert_states_equal(session.trainer.state_dict(), final)
+    session.close()
+    assert read_scalars(runs / "r") == read_scalars(runs / "ref")
+
+
+def test_ctrl_c_twice_in_an_epoch_resumed_mid_way_whose_start_is_not_kept_says_where_it_stays(tmp_path):
+    """Epoch 3 is inside its chunk (not kept, not in memory): the run stays where it resumed the epoch,
+    and says so (it used to say "back to where it began")."""
+    from lrctl.view import View
+
+    runs = tmp_path / "runs"
+    _, final = _reference(runs)
+    session = _resumed_mid_epoch(runs, 3, PLAN)
+    outcome = session.finish_pending()
+    assert (outcome.status, outcome.step, outcome.batch) == ("abandoned", 3, 1)
+    said: list[str] = []
+    view = View.__new__(View)
+    view.progress, view.warn = None, said.append
+    View.chunk_ended(view, outcome)
+    assert said and "abandoned epoch 3: back to batch 1, where this session resumed it" in said[0]
+    assert session.finish_pending().status == "done"
+    assert_states_equal(session.trainer.state_dict(), final)
+    session.close()
