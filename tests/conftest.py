@@ -12,6 +12,7 @@ import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,3 +156,28 @@ def answer_chunk(child, epochs: str, lr: str) -> None:
 def workdir(tmp_path: Path) -> Path:
     """A directory to run lrctl in; runs land in ``workdir/runs``."""
     return tmp_path
+
+
+def direct_io_here(path: Path) -> bool:
+    """Whether the file system under ``path`` takes ``O_DIRECT`` (the checkpoint writer's own blocks)."""
+    from lrctl import checkpoint_writer
+
+    with open(path / "probe", "wb") as f:
+        return checkpoint_writer._set_direct(f.fileno(), True)
+
+
+def fail_nth_write(monkeypatch: Any, n: int, error: OSError) -> list[int]:
+    """The checkpoint writer's ``n``-th ``os.write`` raises ``error``; returns the lengths it was asked to write."""
+    from lrctl import checkpoint_writer
+
+    asked: list[int] = []
+    real_write = checkpoint_writer.os.write
+
+    def failing(fd: int, data: Any) -> int:
+        asked.append(len(data))
+        if len(asked) == n:
+            raise error
+        return real_write(fd, data)
+
+    monkeypatch.setattr(checkpoint_writer.os, "write", failing)
+    return asked

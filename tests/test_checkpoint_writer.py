@@ -10,6 +10,7 @@ import torch.serialization
 
 from lrctl import _faults
 from lrctl.checkpoint_writer import write_checkpoint
+from tests.conftest import direct_io_here, fail_nth_write
 
 
 def _state() -> dict:
@@ -74,13 +75,6 @@ def _reference_bytes(state: dict) -> bytes:
         torch.serialization.set_crc32_options(was)
 
 
-def _direct_io_here(path) -> bool:
-    from lrctl import checkpoint_writer
-
-    with open(path / "probe", "wb") as f:
-        return checkpoint_writer._set_direct(f.fileno(), True)
-
-
 def test_a_large_state_is_written_in_direct_blocks_byte_for_byte(tmp_path, monkeypatch):
     from lrctl import checkpoint_writer
 
@@ -93,7 +87,7 @@ def test_a_large_state_is_written_in_direct_blocks_byte_for_byte(tmp_path, monke
     data = tmp.read_bytes()
     assert data == _reference_bytes(state) and sha == hashlib.sha256(data).hexdigest()
     assert torch.equal(torch.load(tmp, weights_only=True)["model"]["w2"], state["model"]["w2"])
-    if _direct_io_here(tmp_path):  # ext4, xfs, btrfs: the page cache is bypassed, in aligned blocks
+    if direct_io_here(tmp_path):  # ext4, xfs, btrfs: the page cache is bypassed, in aligned blocks
         assert len(blocks) >= 3 and all(n % checkpoint_writer._ALIGN == 0 for n in blocks)
 
 
@@ -105,18 +99,9 @@ def test_without_direct_io_the_bytes_are_the_same(tmp_path, monkeypatch, how):
     if how == "no O_DIRECT here":
         monkeypatch.setattr(checkpoint_writer, "_set_direct", lambda fd, on: False)
     else:
-        if not _direct_io_here(tmp_path):
+        if not direct_io_here(tmp_path):
             pytest.skip("this file system has no O_DIRECT")
-        calls = []
-        real_write = checkpoint_writer.os.write
-
-        def refusing(fd, data):
-            calls.append(len(data))
-            if len(calls) == 2:
-                raise OSError(22, "Invalid argument")
-            return real_write(fd, data)
-
-        monkeypatch.setattr(checkpoint_writer.os, "write", refusing)
+        fail_nth_write(monkeypatch, 2, OSError(22, "Invalid argument"))
     state = _large_state()
     tmp, sha = write_checkpoint(tmp_path / "checkpoint.pt", state)
     assert tmp.read_bytes() == _reference_bytes(state) and sha == hashlib.sha256(tmp.read_bytes()).hexdigest()

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.conftest import assert_states_equal, lrctl_env, read_checkpoint, read_scalars, run_main
+from tests.conftest import assert_states_equal, direct_io_here, lrctl_env, read_checkpoint, read_scalars, run_main
 
 # ~1.4M parameters: 5.8 MB, twice that with momentum buffers (over 4 MiB: written in direct blocks);
 # 300 rows: 5 batches an epoch
@@ -39,18 +39,11 @@ raise SystemExit(main(sys.argv[2:]))
 """
 
 
-def _direct_io_here(path) -> bool:
-    from lrctl import checkpoint_writer
-
-    with open(path / "probe", "wb") as f:
-        return checkpoint_writer._set_direct(f.fileno(), True)
-
-
 @pytest.mark.parametrize("block", [6, 7], ids=["after a full 4 MiB block", "after the padded last block"])
 def test_a_kill_inside_a_direct_write_resumes_bit_identical_and_leaves_no_temp_file(tmp_path, block):
     import torch
 
-    if not _direct_io_here(tmp_path):
+    if not direct_io_here(tmp_path):
         pytest.skip("this file system has no O_DIRECT: the writer writes no blocks of its own")
     runs = tmp_path / "runs"
     plan = ["--runs-dir", str(runs), *BIG, "--plan", "2@0.001"]

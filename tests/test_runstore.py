@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from lrctl.runstore import RunError, RunLocked, RunStore, check_run_name
-from tests.conftest import read_checkpoint, run_main, start_lrctl
+from tests.conftest import direct_io_here, fail_nth_write, read_checkpoint, run_main, start_lrctl
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc", "", ".", "..", "a/b", "x y", "é", "a" * 101])
@@ -111,23 +111,14 @@ def test_a_disk_full_in_the_middle_of_a_large_checkpoint_leaves_the_last_one_int
     """Past the first blocks of the writer's own writes (direct I/O where the file system has it)."""
     import torch
 
-    from lrctl import checkpoint_writer
 
     store = RunStore(tmp_path, "r")
     store.acquire()
     store.save_checkpoint(_tiny_state(1), {"global_step": 1})
     before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
-    if not _direct_io_here(tmp_path):
+    if not direct_io_here(tmp_path):
         pytest.skip("this file system has no O_DIRECT (the writer's blocks go through the file object)")
-    writes, real_write = [], checkpoint_writer.os.write
-
-    def fills_up(fd, data):
-        writes.append(len(data))
-        if len(writes) == 2:
-            raise OSError(28, "No space left on device")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(checkpoint_writer.os, "write", fills_up)
+    fail_nth_write(monkeypatch, 2, OSError(28, "No space left on device"))
     big = {"model": {"w": torch.zeros(3_000_000)}, "global_step": 2}
     with pytest.raises(RunError, match="No space left on device.*previous checkpoint is intact"):
         store.save_checkpoint(big, {"global_step": 2})
@@ -136,13 +127,6 @@ def test_a_disk_full_in_the_middle_of_a_large_checkpoint_leaves_the_last_one_int
     assert not list((tmp_path / "r").glob(".*.tmp"))
     assert store.load_checkpoint().state["global_step"] == 1
     store.close()
-
-
-def _direct_io_here(path) -> bool:
-    from lrctl import checkpoint_writer
-
-    with open(path / "probe", "wb") as f:
-        return checkpoint_writer._set_direct(f.fileno(), True)
 
 
 def test_a_killed_saves_temp_file_is_removed_at_the_next_open(tmp_path):
