@@ -51,6 +51,7 @@ class CheckpointFiles:
         self._summary_cache: tuple[Any, dict[str, Any]] | None = None
         self._written: tuple[Any, str] | None = None  # (stat, sha256) of the checkpoint this process wrote last
         self._loaded_latest: str | None = None  # sha256 of checkpoint.pt when it loaded (weights_only) here
+        self.loaded_summary: dict[str, Any] | None = None  # the summary of what loaded (set by the session)
 
     def read_meta(self) -> dict[str, Any]:
         try:
@@ -95,7 +96,13 @@ class CheckpointFiles:
                 # acceptable as the latest: a kill before the renames must not make it look damaged.
                 vouched.append(self._file_sha(previous))
             good = list(dict.fromkeys(g for g in vouched if g))[:GOOD_KEPT]
-            prev_sha, prev_summary = latest_sha, meta.get("summary")
+            # The summary of the file becoming the previous one, by its sha: after a kill between a checksum
+            # file and its renames the names it lists are a step ahead of the files, and after a damaged
+            # checksum file only the load knows it (``runs`` and the banner read it without torch).
+            prev_summary = (meta.get("summary") if latest_sha == known.get(CHECKPOINT_FILE)
+                            else meta.get("previous_summary") if latest_sha == known.get(PREVIOUS_CHECKPOINT_FILE)
+                            else self.loaded_summary if latest_sha == self._loaded_latest else None)
+            prev_sha = latest_sha
         else:  # the latest file is missing or damaged: the previous one stays as it is
             prev_sha = self._file_sha(previous)
             prev_ok = prev_sha is not None and prev_sha in (known.get(PREVIOUS_CHECKPOINT_FILE),

@@ -168,6 +168,8 @@ class RunSession:
                 self.store.journal("recovering", durable=True, warnings=again)
                 self.recovery_unsaid = True
         self.trainer = trainer
+        if self.writes and opened is not None:
+            self.store.loaded_summary = self.summary()  # of the file that loaded (see save_checkpoint)
         self.work.reload()
         # Steps after the checkpoint (a crash, a kill) are hidden now and rewritten identically.
         self.logs.open(trainer.global_step)

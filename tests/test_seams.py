@@ -23,7 +23,14 @@ from lrctl.runs_table import list_runs
 from lrctl.runstore import CHECKPOINT_FILE, CHECKPOINT_META_FILE, PENDING_FILE, RunError, RunStore
 from lrctl.session import Observer, RunSession
 from tests.conftest import assert_states_equal, read_checkpoint
-from tests.test_lifecycle import SimKill, check_tensorboard, kill_during, simulate_kill, tb_scalars_multiplexer
+from tests.test_lifecycle import (
+    SimKill,
+    check_tensorboard,
+    kill_during,
+    release_locks_of_killed_process,
+    simulate_kill,
+    tb_scalars_multiplexer,
+)
 
 NEVER = float("inf")
 
@@ -397,6 +404,27 @@ def test_a_healed_checksum_file_vouches_for_both_checkpoints_next_time(tmp_path)
     session = open_run(runs)
     assert session.load_warnings == []  # no false "previous checkpoint damaged" after the heal
     session.close()
+
+
+def test_a_heal_killed_between_its_checksum_file_and_its_renames_leaves_runs_showing_the_true_epoch(tmp_path):
+    """A damaged checksum file; the open that rewrites it is killed after the new one is written and before
+    the renames: the names it lists are a step ahead of the files. The next session's save used to record
+    the file it rotated with no summary (the damaged file had none), so ``lrctl runs`` knew no epoch and
+    called the finished run "interrupted? pending.json is missing" (found by the long simulation)."""
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.run_plan(requests([(1, "0.03"), (1, "0.01")]))
+    session.close()
+    meta = runs / "r" / CHECKPOINT_META_FILE
+    meta.write_bytes(meta.read_bytes()[:40])
+    kill_during(lambda: open_run(runs), at=lambda name: name == f"rename {CHECKPOINT_FILE} -> checkpoint.prev.pt")
+    release_locks_of_killed_process(runs)
+    session = open_run(runs)
+    assert session.global_step == 2
+    session.close()
+    (row,) = list_runs(runs)
+    assert (row.step, row.state) == (2, "ok"), row
+    assert RunStore(runs, "r").summary()["global_step"] == 2
 
 
 def test_a_kill_while_a_damaged_run_loads_leaves_what_an_uninterrupted_load_leaves():
