@@ -455,7 +455,9 @@ class RunSession:
         asked_from, target = int(undo["from_step"]), int(undo["to_step"])
         trainer = self.trainer
         if trainer.global_step == target and not trainer.batch_in_epoch and self.work.current is None:
-            self.store.journal("undo", durable=True, from_step=asked_from, to_step=target)  # it got that far
+            # It got that far, perhaps not through its second save: the fallback may still be an undone epoch.
+            self.save()
+            self.store.journal("undo", durable=True, from_step=asked_from, to_step=target)
             # (said all the same: the killed process may not have said "undone" before it ended)
             self.load_warnings.append(f"an undo from epoch {asked_from} to {target} was interrupted (the process "
                                       "ended); it is finished now")

@@ -427,6 +427,31 @@ def test_a_heal_killed_between_its_checksum_file_and_its_renames_leaves_runs_sho
     assert RunStore(runs, "r").summary()["global_step"] == 2
 
 
+def test_an_undo_killed_before_its_second_save_never_leaves_an_undone_epoch_as_the_fallback(tmp_path):
+    """An undo writes its target twice, so the fallback is that state too. Killed before the second save's
+    renames, the next open finished the undo without it: a damaged latest then fell back to the undone
+    epoch, in no timeline (found by the long simulation)."""
+    runs = tmp_path / "runs"
+    session = open_run(runs)
+    session.train(1, "0.03")
+    renames = []
+
+    def second_save(name: str) -> bool:
+        renames.extend([name] if name == f"rename {CHECKPOINT_FILE}" else [])
+        return name == f"rename {CHECKPOINT_FILE} -> checkpoint.prev.pt" and len(renames) == 1
+
+    kill_during(session.undo, at=second_save)
+    simulate_kill(session)
+    session = open_run(runs)
+    assert session.global_step == 0 and any("interrupted" in w for w in session.load_warnings)
+    session.close()
+    latest = runs / "r" / CHECKPOINT_FILE
+    latest.write_bytes(latest.read_bytes()[:100])
+    session = open_run(runs)
+    assert session.global_step == 0, session.load_warnings  # the fallback is the undo's target, not epoch 1
+    session.close()
+
+
 def test_a_kill_while_a_damaged_run_loads_leaves_what_an_uninterrupted_load_leaves():
     """Found by the lifecycle simulation: the load of a run whose latest checkpoint is damaged dropped
     the kept checkpoint linked to it before writing that epoch again; a kill in between lost it (undo
