@@ -554,40 +554,28 @@ class Lifecycle(RuleBasedStateMachine):
         self.model.pending = []
 
     @precondition(lambda self: self.session is not None and self.session.trainer.batch_in_epoch > 0)
-    @rule(how=st.sampled_from(["abandon", "diverge"]), at=st.integers(1, 3))
-    def interrupt_torn_epoch(self, how: str, at: int) -> None:
-        """Ctrl-C twice, or a live lr of 1e6, while finishing an epoch resumed from a mid-epoch checkpoint
-        (its start was never in this process's memory): back to its start through its chunk's kept
-        checkpoint; else Ctrl-C stays where it resumed, a divergence goes to the newest kept before it."""
+    @rule(at=st.integers(1, 3))
+    def interrupt_torn_epoch(self, at: int) -> None:
+        """Ctrl-C twice while finishing an epoch resumed from a mid-epoch checkpoint (its start was never in
+        this process's memory): back to its start through its chunk's kept checkpoint, else it stays where
+        it resumed. (A divergence there is ``tests/test_epoch_rollback.py``'s: a live lr of 1e6 for the
+        epoch's last batches does not always make the loss non-finite, and the model cannot tell when.)"""
         m, session = self.model, self.session
         trainer = session.trainer
-        left = trainer.batches_per_epoch - trainer.batch_in_epoch
-        if how == "diverge" and left < 2:
-            how = "abandon"  # an lr set after the epoch's last batch trains nothing in it
-        at = min(at, left - 1) if how == "diverge" else min(at, left)
         kept = [s for s in session.store.kept_steps() if s <= m.step]
-        self.observer.action = (at, "abandon", None) if how == "abandon" else (at, "lr", ("1e6", "set"))
+        self.observer.action = (min(at, trainer.batches_per_epoch - trainer.batch_in_epoch), "abandon", None)
         try:
             outcome = session.complete_torn_epoch()
         finally:
             self.observer.action = None
-        self.observer.collect()
-        self.observer.replies = []
-        event(f"torn epoch {how}: {outcome.status}, back to its start: {trainer.batch_in_epoch == 0}")
-        if how == "abandon":
-            assert outcome.status == "abandoned" and outcome.step == m.step, outcome
-            if m.step in kept and not m.damaged:
-                assert trainer.batch_in_epoch == 0 and outcome.batch == 0, outcome
-            if trainer.batch_in_epoch == 0:  # at the epoch's start: as an abandon in a chunk's first epoch
-                m.torn_chunk = None
-                if m.chunk_starts and m.chunk_starts[-1] == m.step:
-                    m.chunk_starts.pop()
-            return
-        assert outcome.status == "diverged" and trainer.batch_in_epoch == 0, outcome
-        assert outcome.step in kept and (m.damaged or outcome.step == max(kept)), (outcome, kept)
-        m.truncate(outcome.step)
-        m.torn_chunk = None
-        m.pending = []
+        event(f"torn epoch abandoned, back to its start: {trainer.batch_in_epoch == 0}")
+        assert outcome.status == "abandoned" and outcome.step == m.step, outcome
+        if m.step in kept and not m.damaged:
+            assert trainer.batch_in_epoch == 0 and outcome.batch == 0, outcome
+        if trainer.batch_in_epoch == 0:  # at the epoch's start: as an abandon in a chunk's first epoch
+            m.torn_chunk = None
+            if m.chunk_starts and m.chunk_starts[-1] == m.step:
+                m.chunk_starts.pop()
 
     @precondition(lambda self: self.session is not None and self.session.pending is not None)
     @rule()
